@@ -1,0 +1,21 @@
+"""dlt-companion: helpers for the runnable companion to *The Principles of Deep Learning Theory*.
+
+Modules, by concept:
+
+* :mod:`~dlt_companion.activations` -- σ and its derivatives, numpy and torch (§2.2)
+* :mod:`~dlt_companion.gaussian` -- Gaussian expectations ⟨F(z)⟩_K (§1.1)
+* :mod:`~dlt_companion.flows` -- layer-to-layer recursions: kernel, … (Ch. 4)
+* :mod:`~dlt_companion.ensembles` -- batched ensembles of real torch MLPs (§2.3)
+* :mod:`~dlt_companion.stats` -- estimators with error bars over networks
+* :mod:`~dlt_companion.plotting` -- the house style and theory-vs-experiment plots
+* :mod:`~dlt_companion.notebook` -- the setup cell every chapter starts with
+
+Reference: D. A. Roberts, S. Yaida, B. Hanin, *The Principles of Deep Learning Theory*,
+Cambridge University Press (2022), arXiv:2106.10165 -- cited as [RY].
+"""
+
+from . import activations, ensembles, flows, gaussian, plotting, stats
+from .notebook import setup
+
+__version__ = "0.1.0"
+__all__ = ["activations", "ensembles", "flows", "gaussian", "plotting", "stats", "setup"]

@@ -1,0 +1,108 @@
+"""Preconditions, checked once and centrally, with errors that say how to fix the call."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+# Relative slack allowed when deciding that a kernel is positive semidefinite:
+# Gram matrices built in floating point can have eigenvalues of -1e-16 * scale.
+PSD_RTOL = 1e-10
+
+
+def width(n, what: str = "width") -> int:
+    """A positive integer layer width."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
+        raise ValueError(f"{what} must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def widths(ns, what: str = "widths") -> list[int]:
+    """A non-empty sequence of positive integer widths."""
+    try:
+        ns = list(ns)
+    except TypeError:
+        raise ValueError(f"{what} must be a sequence of positive integers, got {ns!r}") from None
+    if not ns:
+        raise ValueError(f"{what} must contain at least one layer width")
+    return [width(n, f"{what}[{i}]") for i, n in enumerate(ns)]
+
+
+def depth(L, what: str = "depth") -> int:
+    return width(L, what)
+
+
+def C_W(value, what: str = "C_W") -> float:
+    """Weight variance C_W > 0."""
+    v = _real(value, what)
+    if not v > 0:
+        raise ValueError(f"{what} must be > 0 (weights have variance {what}/n), got {value!r}")
+    return v
+
+
+def C_b(value, what: str = "C_b") -> float:
+    """Bias variance C_b ≥ 0."""
+    v = _real(value, what)
+    if v < 0:
+        raise ValueError(f"{what} must be >= 0 (it is the bias variance), got {value!r}")
+    return v
+
+
+def nonnegative(value, what: str) -> float:
+    v = _real(value, what)
+    if v < 0:
+        raise ValueError(f"{what} must be >= 0, got {value!r}")
+    return v
+
+
+def _real(value, what: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a real number, got {value!r}") from None
+    if not np.isfinite(v):
+        raise ValueError(f"{what} must be finite, got {value!r}")
+    return v
+
+
+def kernel_scalar(K, what: str = "K") -> np.ndarray:
+    """One or many single-input kernel values K ≥ 0 (array of any shape)."""
+    K = np.asarray(K, dtype=float)
+    if not np.all(np.isfinite(K)):
+        raise ValueError(f"{what} must be finite, got {K!r}")
+    if np.any(K < 0):
+        raise ValueError(f"{what} is a variance and must be >= 0, got min {K.min()!r}")
+    return K
+
+
+def kernel_pair(K11, K12, K22):
+    """Entries of one or many 2x2 kernels [[K11, K12], [K12, K22]]; checks PSD."""
+    K11, K12, K22 = np.broadcast_arrays(*(np.asarray(k, dtype=float) for k in (K11, K12, K22)))
+    if not (np.all(np.isfinite(K11)) and np.all(np.isfinite(K12)) and np.all(np.isfinite(K22))):
+        raise ValueError("kernel entries must be finite")
+    if np.any(K11 < 0) or np.any(K22 < 0):
+        raise ValueError("diagonal kernel entries K11, K22 are variances and must be >= 0")
+    det = K11 * K22 - K12 * K12
+    if np.any(det < -PSD_RTOL * np.maximum(K11 * K22, np.finfo(float).tiny)):
+        raise ValueError("the 2x2 kernel [[K11, K12], [K12, K22]] is not positive semidefinite: "
+                         "need K12**2 <= K11*K22")
+    return K11, K12, K22
+
+
+def gram(K, what: str = "kernel") -> np.ndarray:
+    """A symmetric positive semidefinite matrix of shape [B, B]."""
+    K = np.asarray(K, dtype=float)
+    if K.ndim != 2 or K.shape[0] != K.shape[1]:
+        raise ValueError(f"{what} must be a square [B, B] matrix, got shape {K.shape}")
+    if not np.all(np.isfinite(K)):
+        raise ValueError(f"{what} must be finite")
+    if not np.allclose(K, K.T, rtol=1e-12, atol=1e-14 * max(1.0, np.abs(K).max(initial=0.0))):
+        raise ValueError(f"{what} must be symmetric")
+    K = 0.5 * (K + K.T)
+    eig = np.linalg.eigvalsh(K) if K.size else np.zeros(0)
+    scale = max(np.abs(eig).max(initial=0.0), np.finfo(float).tiny)
+    if eig.size and eig.min() < -PSD_RTOL * scale:
+        raise ValueError(f"{what} is not positive semidefinite (smallest eigenvalue "
+                         f"{eig.min():.3g}); a kernel must be a Gram matrix of covariances")
+    return K
