@@ -1,0 +1,71 @@
+"""The infinite-width kernel recursion: closed forms, real networks, bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from dlt_companion import activations, ensembles, flows, stats
+from test_gaussian import arccos_kernel
+
+
+def test_linear_kernel_is_the_exact_affine_recursion():
+    K = flows.kernel("linear", 0.3, 1.5, 0.7, depth=6)
+    expected = [0.7]
+    for _ in range(5):
+        expected.append(0.3 + 1.5 * expected[-1])
+    np.testing.assert_allclose(K, expected, rtol=1e-13)
+
+
+def test_relu_at_criticality_preserves_the_single_input_kernel():
+    np.testing.assert_allclose(flows.kernel("relu", 0.0, 2.0, 1.3, depth=50), 1.3, rtol=1e-12)
+
+
+def test_relu_gram_matrix_follows_the_arc_cosine_map():
+    K1 = np.array([[1.0, 0.6, -0.2], [0.6, 2.0, 0.1], [-0.2, 0.1, 0.5]])
+    C_b, C_W = 0.1, 1.7
+    out = flows.kernel("relu", C_b, C_W, K1, depth=5)
+    K = K1
+    for layer in range(1, 5):
+        d = np.diag(K)
+        K = C_b + C_W * arccos_kernel(d[:, None], K, d[None, :])
+        np.testing.assert_allclose(out[layer], K, rtol=1e-10)
+    assert out.shape == (5, 3, 3)
+
+
+def test_scalar_input_returns_one_value_per_layer():
+    assert flows.kernel("tanh", 0.0, 1.0, 1.0, depth=7).shape == (7,)
+
+
+def test_first_layer_kernel_is_cb_plus_cw_overlap():
+    x = np.array([[1.0, 2.0], [0.0, -1.0]])
+    np.testing.assert_allclose(flows.first_layer_kernel(x, 0.5, 2.0),
+                               0.5 + 2.0 * np.array([[5.0, -2.0], [-2.0, 1.0]]) / 2)
+
+
+def test_kernel_matches_a_wide_tanh_ensemble():
+    """K^(l) for two inputs vs real networks (width 512: the 1/n correction is below the error bar)."""
+    x = np.array([[1.0, 0.5, -0.5, 1.0], [0.2, -1.0, 1.0, 0.4]])
+    C_b, C_W, depth = 0.1, 1.5, 3
+    theory = flows.kernel("tanh", C_b, C_W, flows.first_layer_kernel(x, C_b, C_W), depth)
+    ens = ensembles.MLPEnsemble(4, [512] * depth, "tanh", C_b, C_W, n_networks=64, seed=3)
+    for layer, z in enumerate(ens(x)):
+        G, se = stats.kernel(z)
+        stats.assert_agree(f"layer {layer + 1}", theory[layer], G, se, quiet=True)
+    # and the check has power: a kernel off by 5% is rejected
+    with pytest.raises(AssertionError):
+        stats.assert_agree("5% off", 1.05 * theory[-1], *stats.kernel(ens(x)[-1]), quiet=True)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(act="tanh", C_b=0.0, C_W=0.0, K1=1.0, depth=3), "C_W must be > 0"),
+    (dict(act="tanh", C_b=-1.0, C_W=1.0, K1=1.0, depth=3), "C_b must be >= 0"),
+    (dict(act="tanh", C_b=0.0, C_W=1.0, K1=1.0, depth=0), "depth must be a positive integer"),
+    (dict(act="tanh", C_b=0.0, C_W=1.0, K1=-1.0, depth=3), ">= 0"),
+    (dict(act="nope", C_b=0.0, C_W=1.0, K1=1.0, depth=3), "unknown activation"),
+    (dict(act="tanh", C_b=0.0, C_W=1.0, K1=np.array([[1.0, 2.0], [2.0, 1.0]]), depth=3),
+     "not positive semidefinite"),
+    (dict(act="tanh", C_b=0.0, C_W=1.0, K1=np.ones((2, 3)), depth=3), "square"),
+])
+def test_bad_arguments_raise_clear_value_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        flows.kernel(**kwargs)

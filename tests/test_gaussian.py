@@ -1,0 +1,113 @@
+"""Gaussian expectations against closed forms (target: 1e-10 relative)."""
+
+import numpy as np
+import pytest
+
+from dlt_companion import activations, gaussian
+
+relu, erf, tanh = (activations.get(n) for n in ("relu", "erf", "tanh"))
+RTOL = 1e-10
+
+
+def arccos_kernel(K11, K12, K22):
+    """⟨relu(z1) relu(z2)⟩ (Cho & Saul's arc-cosine kernel of degree 1)."""
+    c = np.clip(K12 / np.sqrt(K11 * K22), -1.0, 1.0)
+    th = np.arccos(c)
+    return np.sqrt(K11 * K22) / (2 * np.pi) * (np.sin(th) + (np.pi - th) * c)
+
+
+def arcsin_kernel(K11, K12, K22):
+    """⟨erf(z1) erf(z2)⟩ (Williams' arcsine kernel)."""
+    return 2 / np.pi * np.arcsin(2 * K12 / np.sqrt((1 + 2 * K11) * (1 + 2 * K22)))
+
+
+@pytest.mark.parametrize("K", [1e-3, 0.3, 1.0, 4.0, 25.0])
+def test_one_variable_closed_forms(K):
+    assert gaussian.expect(lambda z: z**4, K) == pytest.approx(3 * K**2, rel=RTOL)
+    assert gaussian.expect(lambda z: z**2, K) == pytest.approx(K, rel=RTOL)
+    assert gaussian.expect(lambda z: 2.0 + 3.0 * z, K) == pytest.approx(2.0, rel=RTOL)
+    assert gaussian.expect(relu, K) == pytest.approx(np.sqrt(K / (2 * np.pi)), rel=RTOL)
+    assert gaussian.expect(lambda z: relu(z) ** 2, K) == pytest.approx(K / 2, rel=RTOL)
+    assert gaussian.expect(lambda z: relu(z) ** 3, K) == pytest.approx(2 * K**1.5 / np.sqrt(2 * np.pi), rel=RTOL)
+    assert gaussian.expect(lambda z: erf(z) ** 2, K) == pytest.approx(arcsin_kernel(K, K, K), rel=RTOL)
+
+
+def test_zero_variance_gives_the_value_at_zero_exactly():
+    assert gaussian.expect(lambda z: np.cos(z) + 1.0, 0.0) == 2.0
+    assert gaussian.expect2(np.cos, np.cos, 0.0, 0.0, 0.0) == pytest.approx(1.0, rel=1e-15)
+    assert gaussian.expect2(np.cos, lambda z: z**2, 0.0, 0.0, 2.0) == pytest.approx(2.0, rel=RTOL)
+
+
+def test_expect_is_vectorised_over_kernels():
+    K = np.array([[0.5, 1.0], [2.0, 3.0]])
+    np.testing.assert_allclose(gaussian.expect(lambda z: z**2, K), K, rtol=RTOL)
+
+
+PAIRS = [(1.0, 0.3, 2.0), (1.0, -0.9, 1.0), (2.0, 1.99999, 2.0), (3.0, 0.1, 0.2), (0.5, 0.0, 4.0),
+         (10.0, 3.0, 10.0), (1.0, 1.0, 1.0), (0.7, -0.7, 0.7)]
+
+
+@pytest.mark.parametrize("K11,K12,K22", PAIRS)
+def test_two_variable_closed_forms(K11, K12, K22):
+    assert gaussian.expect2(relu, relu, K11, K12, K22) == pytest.approx(
+        arccos_kernel(K11, K12, K22), rel=RTOL, abs=1e-14)
+    assert gaussian.expect2(erf, erf, K11, K12, K22) == pytest.approx(
+        arcsin_kernel(K11, K12, K22), rel=RTOL, abs=1e-14)
+    assert gaussian.expect2(lambda z: z, lambda z: z, K11, K12, K22) == pytest.approx(K12, rel=RTOL, abs=1e-14)
+    # Isserlis: E[z1^2 z2^2] = K11 K22 + 2 K12^2
+    assert gaussian.expect2(np.square, np.square, K11, K12, K22) == pytest.approx(
+        K11 * K22 + 2 * K12**2, rel=RTOL)
+
+
+def test_perfectly_correlated_inputs_reduce_to_one_variable():
+    for K in (0.2, 1.0, 7.0):
+        assert gaussian.expect2(tanh, tanh, K, K, K) == pytest.approx(
+            gaussian.expect(lambda z: tanh(z) ** 2, K), rel=RTOL)
+        # z2 = 2 z1 exactly
+        assert gaussian.expect2(relu, relu, K, 2 * K, 4 * K) == pytest.approx(K, rel=RTOL)
+
+
+def test_expect2_broadcasts_over_kernel_arrays():
+    K12 = np.linspace(-0.9, 0.9, 7)
+    np.testing.assert_allclose(gaussian.expect2(relu, relu, 1.0, K12, 1.0),
+                               arccos_kernel(1.0, K12, 1.0), rtol=RTOL, atol=1e-14)
+
+
+def test_three_and_four_variables_match_isserlis():
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(4, 4))
+    K = A @ A.T / 4
+    i, j, k, l = 0, 1, 2, 3
+    isserlis = K[i, j] * K[k, l] + K[i, k] * K[j, l] + K[i, l] * K[j, k]
+    assert gaussian.expect_n(lambda z: z[..., 0] * z[..., 1] * z[..., 2] * z[..., 3], K) == pytest.approx(isserlis, rel=RTOL)
+    K3 = K[:3, :3]
+    assert gaussian.expect_n(lambda z: z[..., 0] ** 2 * z[..., 1] * z[..., 2], K3) == pytest.approx(
+        K3[0, 0] * K3[1, 2] + 2 * K3[0, 1] * K3[0, 2], rel=RTOL)
+
+
+def test_expect_n_handles_singular_covariances():
+    K = np.ones((3, 3))       # z1 = z2 = z3
+    assert gaussian.expect_n(lambda z: z[..., 0] * z[..., 1] * z[..., 2] ** 2, K) == pytest.approx(3.0, rel=RTOL)
+
+
+def test_expect_n_low_dimensions_use_the_exact_rules():
+    K = np.array([[1.0, 0.3], [0.3, 2.0]])
+    assert gaussian.expect_n(lambda z: relu(z[..., 0]) * relu(z[..., 1]), K) == pytest.approx(
+        arccos_kernel(1.0, 0.3, 2.0), rel=RTOL)
+
+
+@pytest.mark.parametrize("args", [(1.0, 2.0, 1.0), (-1.0, 0.0, 1.0), (1.0, 0.0, np.nan)])
+def test_non_psd_or_invalid_pair_kernels_raise(args):
+    with pytest.raises(ValueError):
+        gaussian.expect2(relu, relu, *args)
+
+
+def test_negative_variance_and_bad_covariances_raise():
+    with pytest.raises(ValueError, match=">= 0"):
+        gaussian.expect(relu, -1.0)
+    with pytest.raises(ValueError, match="positive semidefinite"):
+        gaussian.expect_n(lambda z: z[..., 0], np.array([[1.0, 2.0, 0], [2.0, 1.0, 0], [0, 0, 1.0]]))
+    with pytest.raises(ValueError, match="square"):
+        gaussian.expect_n(lambda z: z[..., 0], np.ones((2, 3)))
+    with pytest.raises(ValueError, match="1 to 4"):
+        gaussian.expect_n(lambda z: z[..., 0], np.eye(5))
