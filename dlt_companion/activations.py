@@ -98,7 +98,7 @@ def _linear():
     return np_f, t_f, (), (1.0, 1.0)
 
 
-def _leaky(slope: float):
+def _leaky_relu(slope: float = 0.01):
     if not np.isfinite(slope):
         raise ValueError(f"leaky_relu slope must be a finite number, got {slope!r}")
     s = float(slope)
@@ -115,10 +115,6 @@ def _relu():
             lambda z: (np.asarray(z) > 0).astype(float), _zeros_np, _zeros_np)
     t_f = (torch.relu, lambda z: (z > 0).to(z.dtype), _zeros_t, _zeros_t)
     return np_f, t_f, (0.0,), (1.0, 0.0)
-
-
-def _leaky_relu(slope: float = 0.01):
-    return _leaky(slope)
 
 
 def _perceptron():
