@@ -40,7 +40,7 @@ import numpy as np
 
 from . import _checks
 
-__all__ = ["expect", "expect2", "expect_n", "quadrature_1d"]
+__all__ = ["expect", "expect2", "expect_n", "quadrature_1d", "pairings", "wick_moment"]
 
 # Standardised radius beyond which the Gaussian weight is below e^{-50} ~ 2e-22.
 _R_MAX = 10.0
@@ -223,3 +223,100 @@ def expect_n(fn: Callable, K, nodes: int | None = None) -> float:
         weights = np.multiply.outer(weights, w)
     z = pts @ A.T
     return float(_as_output(fn(z), z.shape[:-1]) @ weights.ravel())
+
+
+# --------------------------------------------------------------------------
+# Wick's theorem (§1.1 of [RY]): moments of a zero-mean Gaussian as pairings.
+# --------------------------------------------------------------------------
+
+def pairings(k: int):
+    """All perfect matchings of the positions 0..k−1, as tuples of pairs (§1.1 of [RY]).
+
+    A pairing of 2m positions is a way of splitting them into m unordered pairs;
+    there are (2m−1)!! = (2m−1)(2m−3)···1 of them, and none for odd k.
+
+    Parameters
+    ----------
+    k : int
+        Number of positions (k ≥ 0).
+
+    Yields
+    ------
+    tuple of (int, int)
+        One pairing, each pair ``(a, b)`` with a < b, pairs in increasing order of a.
+        ``k = 0`` yields the single empty pairing ``()``.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"the number of positions k must be an integer >= 0, got {k!r}")
+    k = int(k)
+    if k % 2:
+        return
+
+    def rec(rest):
+        if not rest:
+            yield ()
+            return
+        first, others = rest[0], rest[1:]
+        for j, partner in enumerate(others):
+            for tail in rec(others[:j] + others[j + 1:]):
+                yield ((first, partner),) + tail
+
+    yield from rec(tuple(range(k)))
+
+
+def _wick_indices(indices, d: int) -> tuple:
+    try:
+        idx = tuple(indices)
+    except TypeError:
+        raise ValueError(f"indices must be a sequence of variable indices, got {indices!r}") from None
+    for i in idx:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < d:
+            raise ValueError(f"every index must be an integer in 0..{d - 1} (the covariance is "
+                             f"{d}x{d}), got {indices!r}")
+    return tuple(int(i) for i in idx)
+
+
+def wick_moment(indices, cov) -> float:
+    """E[z_{i1} z_{i2} ⋯ z_{ik}] for z ~ N(0, cov), by Wick's theorem (§1.1 of [RY]).
+
+    The moment is the sum over all pairings of the k positions of the product of
+    the covariances of the paired variables, Σ_pairings Π_{(a,b)} cov[i_a, i_b];
+    it vanishes for odd k. The sum is evaluated recursively (pair the first
+    position with each other one), visiting each of the (k−1)!! pairings once.
+
+    Parameters
+    ----------
+    indices : sequence of int, length k
+        Which variable sits at each position (repeats allowed), e.g. ``(0, 0, 1, 1)``
+        for E[z_0² z_1²].
+    cov : array [d, d]
+        Symmetric positive semidefinite covariance of the zero-mean Gaussian.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> wick_moment((0, 0, 0, 0), [[2.0]])            # 3 K² with K = 2
+    12.0
+    >>> wick_moment((0, 1, 0, 1), [[1.0, 0.5], [0.5, 1.0]])   # K00 K11 + 2 K01²
+    1.5
+    """
+    cov = _checks.gram(cov, "covariance cov")
+    idx = _wick_indices(indices, cov.shape[0])
+    if len(idx) % 2:
+        return 0.0
+
+    def rec(rest):
+        if not rest:
+            return 1.0
+        first, others = rest[0], rest[1:]
+        total = 0.0
+        for j, partner in enumerate(others):
+            c = cov[first, partner]
+            if c != 0.0:
+                total += c * rec(others[:j] + others[j + 1:])
+        return total
+
+    return float(rec(idx))

@@ -1,0 +1,268 @@
+"""Exact statistics of deep linear networks at initialization (Chapter 3 of [RY]).
+
+A deep linear network is the MLP of §2.1 with σ(z) = z,
+
+    z^{(1)}_{i;α} = b^{(1)}_i + Σ_j W^{(1)}_{ij} x_{j;α},
+    z^{(l+1)}_{i;α} = b^{(l+1)}_i + Σ_j W^{(l+1)}_{ij} z^{(l)}_{j;α},
+
+with b ~ N(0, C_b) and W ~ N(0, C_W/n_{l−1}). Its statistics are known exactly at any
+width. The key fact (used throughout this module) is that, *conditioned on layer l*,
+the preactivations of layer l+1 are independent Gaussians across neurons with the
+random covariance
+
+    Ĝ^{(l+1)}_{αβ} = C_b + C_W (1/n_l) Σ_j z^{(l)}_{j;α} z^{(l)}_{j;β}.
+
+Taking expectations gives closed recursions for all correlators:
+
+* two-point (§3.1–3.2): G^{(l+1)} = C_b + C_W G^{(l)}, G^{(1)} = C_b + C_W x·x/n_0,
+  exact at any width (Gram matrix of any set of inputs);
+* four-point (§3.3): with F^{(l)}_{(αβ)(γδ)} ≡ E[Ĝ^{(l)}_{αβ} Ĝ^{(l)}_{γδ}]
+  (= E[z_{i;α} z_{i;β} z_{j;γ} z_{j;δ}] for i ≠ j),
+
+      F^{(l+1)}_{(αβ)(γδ)} = C_b² + C_b C_W (G^{(l)}_{αβ} + G^{(l)}_{γδ})
+                             + C_W² [F^{(l)}_{(αβ)(γδ)} + (F^{(l)}_{(αγ)(βδ)} + F^{(l)}_{(αδ)(βγ)}) / n_l],
+
+  F^{(1)} = G^{(1)} ⊗ G^{(1)}, and the same-neuron four-point function is the sum of the
+  three pairings of F. The book's four-point vertex is V^{(l)} = n_{l−1}(F^{(l)} − G^{(l)}⊗G^{(l)}).
+  For C_b = 0 and equal widths this solves in closed form (:func:`four_point_closed_form`);
+  for one input E[z⁴] = 3 C_W^{2(l−1)} K² (1 + 2/n)^{l−1};
+* 2m-point, one input, C_b = 0 (§3.4): Ĝ^{(l+1)} = C_W Ĝ^{(l)} χ²_{n_l}/n_l exactly, so
+  E[z^{2m}] = (2m−1)!! (C_W^{l−1} K)^m Π_{l'<l} Π_{k=1}^{m−1} (1 + 2k/n_{l'}).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+from . import _checks
+
+__all__ = ["two_point", "four_point", "four_point_same_neuron", "vertex", "four_point_closed_form",
+           "fourth_moment", "fourth_moment_leading", "moment_2m", "log_kernel_moments"]
+
+
+def _gram_or_scalar(G1, what="G1"):
+    if np.ndim(G1) == 0:
+        return np.array([[float(_checks.kernel_scalar(G1, what))]]), True
+    return _checks.gram(G1, what), False
+
+
+def _widths_depth(widths) -> list:
+    return _checks.widths(widths, "widths (n_1, …, n_L)")
+
+
+def two_point(G1, depth: int, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
+    """Exact metric G^{(l)} = E[z_{i;α} z_{i;β}] of a deep linear network, l = 1..depth (§3.1–3.2).
+
+    Iterates G^{(l+1)} = C_b + C_W G^{(l)}, valid at any width. At criticality
+    (C_b = 0, C_W = 1) the metric is the same in every layer; C_W > 1 makes it explode
+    and C_W < 1 makes it vanish (to C_b/(1−C_W) if C_b > 0) geometrically in depth.
+
+    Parameters
+    ----------
+    G1 : float or array [B, B]
+        First-layer metric (e.g. :func:`dlt_companion.flows.first_layer_kernel`).
+    depth : int ≥ 1
+    C_b, C_W : float
+
+    Returns
+    -------
+    array [depth] (scalar G1) or [depth, B, B]; entry l−1 is G^{(l)}.
+    """
+    G, scalar = _gram_or_scalar(G1)
+    depth = _checks.depth(depth)
+    C_b, C_W = _checks.C_b(C_b), _checks.C_W(C_W)
+    out = np.empty((depth,) + G.shape)
+    out[0] = G
+    for l in range(1, depth):
+        out[l] = C_b + C_W * out[l - 1]
+    return out[:, 0, 0] if scalar else out
+
+
+def four_point(G1, widths, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
+    """Exact F^{(l)}_{(αβ)(γδ)} = E[z_{i;α} z_{i;β} z_{j;γ} z_{j;δ}] (i ≠ j) of a deep linear network (§3.3).
+
+    Equivalently E[Ĝ^{(l)}_{αβ} Ĝ^{(l)}_{γδ}] for the conditional covariance Ĝ of layer l.
+    Exact at any (also unequal) widths; see the module docstring for the recursion.
+
+    Parameters
+    ----------
+    G1 : float or array [B, B]
+        First-layer metric.
+    widths : sequence of int (n_1, …, n_L)
+        Layer widths as in :class:`dlt_companion.ensembles.MLPEnsemble`; layer l+1's
+        statistics depend on n_l, so n_L itself does not enter.
+    C_b, C_W : float
+
+    Returns
+    -------
+    array [L] for scalar G1, or [L, B, B, B, B]; entry l−1 is F^{(l)}.
+    """
+    G, scalar = _gram_or_scalar(G1)
+    ns = _widths_depth(widths)
+    C_b, C_W = _checks.C_b(C_b), _checks.C_W(C_W)
+    L = len(ns)
+    F = np.einsum("ab,cd->abcd", G, G)
+    out = np.empty((L,) + F.shape)
+    out[0] = F
+    for l in range(1, L):
+        n = ns[l - 1]
+        swap = F.transpose(0, 2, 1, 3) + F.transpose(0, 3, 2, 1)   # F_(ac)(bd) + F_(ad)(cb)
+        F = (C_b ** 2 + C_b * C_W * (G[:, :, None, None] + G[None, None, :, :])
+             + C_W ** 2 * (F + swap / n))
+        G = C_b + C_W * G
+        out[l] = F
+    return out[:, 0, 0, 0, 0] if scalar else out
+
+
+def four_point_same_neuron(G1, widths, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
+    """Exact E[z_{i;α} z_{i;β} z_{i;γ} z_{i;δ}] (one neuron) = F_(αβ)(γδ) + F_(αγ)(βδ) + F_(αδ)(βγ) (§3.3).
+
+    Returns [L] (scalar G1: E[z⁴]) or [L, B, B, B, B].
+    """
+    F = four_point(G1, widths, C_b, C_W)
+    if F.ndim == 1:
+        return 3.0 * F
+    return F + F.transpose(0, 1, 3, 2, 4) + F.transpose(0, 1, 4, 3, 2)
+
+
+def vertex(G1, widths, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
+    """The four-point vertex V^{(l)}_{(αβ)(γδ)} = n_{l−1} (F^{(l)} − G^{(l)} ⊗ G^{(l)}) of a deep linear network.
+
+    In the book's normalisation (§3.3, §4.3) the connected four-point function of layer l is
+    (1/n_{l−1}) [δ_{i1i2}δ_{i3i4} V_{(α1α2)(α3α4)} + two other pairings]; V^{(1)} = 0.
+    Exact at finite width (for l ≥ 2 it uses n_{l−1} = widths[l−2]).
+
+    Returns [L] or [L, B, B, B, B].
+    """
+    ns = _widths_depth(widths)
+    F = four_point(G1, ns, C_b, C_W)
+    G = two_point(G1, len(ns), C_b, C_W)
+    GG = G * G if F.ndim == 1 else np.einsum("lab,lcd->labcd", G, G)
+    fan_in = np.array([1.0] + [float(n) for n in ns[:-1]]).reshape((-1,) + (1,) * (F.ndim - 1))
+    V = fan_in * (F - GG)
+    V[0] = 0.0
+    return V
+
+
+def four_point_closed_form(G1, n: int, depth: int, C_W: float = 1.0) -> np.ndarray:
+    """Closed-form solution of the four-point recursion for C_b = 0 and equal widths n (§3.3).
+
+    Splitting F into its fully symmetric part S = F_(αβ)(γδ) + F_(αγ)(βδ) + F_(αδ)(βγ) and the
+    rest, each layer multiplies S by C_W²(1 + 2/n) and F − S/3 by C_W²(1 − 1/n), so
+
+        F^{(l)}_{(αβ)(γδ)} = C_W^{2(l−1)} [ (1 + 2/n)^{l−1} S^{(1)}/3
+                                           + (1 − 1/n)^{l−1} (G_αβ G_γδ − S^{(1)}/3) ],
+
+    with S^{(1)} = G_αβ G_γδ + G_αγ G_βδ + G_αδ G_βγ from the first-layer metric G = G^{(1)}.
+
+    Returns [depth] for scalar G1, or [depth, B, B, B, B].
+    """
+    G, scalar = _gram_or_scalar(G1)
+    n, depth = _checks.width(n, "n"), _checks.depth(depth)
+    C_W = _checks.C_W(C_W)
+    T = np.einsum("ab,cd->abcd", G, G)
+    S = T + T.transpose(0, 2, 1, 3) + T.transpose(0, 3, 2, 1)
+    l = np.arange(1, depth + 1).reshape((-1,) + (1,) * 4)
+    F = C_W ** (2 * (l - 1)) * ((1 + 2 / n) ** (l - 1) * S / 3 + (1 - 1 / n) ** (l - 1) * (T - S / 3))
+    return F[:, 0, 0, 0, 0] if scalar else F
+
+
+def fourth_moment(K1, widths, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
+    """Exact E[(z^{(l)}_i)⁴] for one input, every layer l = 1..L (§3.3).
+
+    For C_b = 0: 3 C_W^{2(l−1)} K1² Π_{l'=1}^{l−1} (1 + 2/n_{l'}).
+
+    Parameters
+    ----------
+    K1 : float, first-layer kernel C_b + C_W x·x/n_0
+    widths : sequence of int (n_1, …, n_L)
+    C_b, C_W : float
+
+    Returns
+    -------
+    array [L]
+    """
+    if np.ndim(K1) != 0:
+        raise ValueError("fourth_moment takes one input's scalar kernel K1; use "
+                         "four_point_same_neuron for a Gram matrix")
+    return four_point_same_neuron(K1, widths, C_b, C_W)
+
+
+def fourth_moment_leading(K1, widths, C_W: float = 1.0) -> np.ndarray:
+    """The 1/n-truncated E[z⁴] = 3 C_W^{2(l−1)} K1² (1 + Σ_{l'<l} 2/n_{l'}), C_b = 0 (§3.3).
+
+    For equal widths this is 3K²(1 + 2(l−1)/n): correct to first order in 1/n but
+    missing every (l/n)^k, k ≥ 2, term of the exact product (1 + 2/n)^{l−1}.
+
+    Returns
+    -------
+    array [L]
+    """
+    K1 = float(_checks.kernel_scalar(K1, "K1"))
+    ns = _widths_depth(widths)
+    C_W = _checks.C_W(C_W)
+    l = np.arange(1, len(ns) + 1)
+    s = np.concatenate([[0.0], np.cumsum(2.0 / np.array(ns[:-1], dtype=float))])
+    return 3.0 * C_W ** (2 * (l - 1)) * K1 ** 2 * (1.0 + s)
+
+
+def _m(m) -> int:
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+        raise ValueError(f"m (half the order of the moment) must be an integer >= 1, got {m!r}")
+    return int(m)
+
+
+def moment_2m(K1, widths, m: int, C_W: float = 1.0) -> np.ndarray:
+    """Exact E[(z^{(l)}_i)^{2m}] for one input and C_b = 0, every layer (§3.4).
+
+    (2m−1)!! (C_W^{l−1} K1)^m Π_{l'=1}^{l−1} Π_{k=1}^{m−1} (1 + 2k/n_{l'}). At fixed width the
+    ratio to the Gaussian value grows exponentially with depth, faster for larger m; with
+    l/n fixed it tends to exp(m(m−1) l/n).
+
+    Parameters
+    ----------
+    K1 : float
+    widths : sequence of int (n_1, …, n_L)
+    m : int ≥ 1
+    C_W : float
+
+    Returns
+    -------
+    array [L]
+    """
+    K1 = float(_checks.kernel_scalar(K1, "K1"))
+    ns = _widths_depth(widths)
+    m, C_W = _m(m), _checks.C_W(C_W)
+    per_layer = np.array([np.prod([1.0 + 2.0 * k / n for k in range(1, m)]) for n in ns[:-1]])
+    growth = np.concatenate([[1.0], np.cumprod(per_layer)])
+    l = np.arange(1, len(ns) + 1)
+    double_fact = float(np.prod(np.arange(2 * m - 1, 0, -2))) if m > 1 else 1.0
+    return double_fact * (C_W ** (l - 1) * K1) ** m * growth
+
+
+def log_kernel_moments(K1, widths, C_W: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Exact mean and variance of log Ĝ^{(l)}_emp, the log of one network's empirical kernel (§3.4).
+
+    Ĝ^{(l)}_emp = (1/n_l) Σ_i (z^{(l)}_i)² for one input, C_b = 0. It is a product of
+    independent scaled chi-squares, Ĝ_emp^{(l)} = C_W^{l−1} K1 Π_{l'=1}^{l} χ²_{n_{l'}}/n_{l'}, so
+
+        E[log Ĝ_emp^{(l)}]   = log(C_W^{l−1} K1) + Σ_{l'≤l} [ψ(n_{l'}/2) + log(2/n_{l'})],
+        Var[log Ĝ_emp^{(l)}] = Σ_{l'≤l} ψ'(n_{l'}/2),
+
+    with ψ the digamma function. The typical network's kernel exp(E log Ĝ) shrinks like
+    e^{−l/n} even at criticality, while the mean stays C_W^{l−1} K1.
+
+    Returns
+    -------
+    mean, var : arrays [L]
+    """
+    K1 = float(_checks.kernel_scalar(K1, "K1"))
+    if K1 <= 0:
+        raise ValueError("K1 must be > 0 for the log-kernel")
+    ns = np.array(_widths_depth(widths), dtype=float)
+    C_W = _checks.C_W(C_W)
+    l = np.arange(1, len(ns) + 1)
+    mean = (l - 1) * np.log(C_W) + np.log(K1) + np.cumsum(special.digamma(ns / 2) + np.log(2 / ns))
+    var = np.cumsum(special.polygamma(1, ns / 2))
+    return mean, var

@@ -1,0 +1,111 @@
+"""Moments <-> cumulants and the nearly-Gaussian distribution (§1.2-1.3 of [RY])."""
+
+from math import factorial
+
+import numpy as np
+import pytest
+
+from dlt_companion import cumulants, gaussian
+
+
+def test_bell_numbers():
+    assert [len(cumulants.set_partitions(k)) for k in range(0, 8)] == [1, 1, 2, 5, 15, 52, 203, 877]
+
+
+def test_single_variable_round_trip_and_known_values():
+    # Gaussian N(mu, s2): cumulants (mu, s2, 0, 0, 0, 0)
+    mu, s2 = 0.7, 2.0
+    kappa = np.array([mu, s2, 0, 0, 0, 0])
+    m = cumulants.cumulants_to_moments(kappa)
+    assert m[1] == pytest.approx(mu ** 2 + s2)
+    assert m[3] == pytest.approx(mu ** 4 + 6 * mu ** 2 * s2 + 3 * s2 ** 2)
+    assert np.allclose(cumulants.moments_to_cumulants(m), kappa, atol=1e-12)
+    # exponential(1): moments n!, cumulants (n-1)!
+    moms = [factorial(n) for n in range(1, 7)]
+    assert np.allclose(cumulants.moments_to_cumulants(moms), [factorial(n - 1) for n in range(1, 7)])
+
+
+def test_joint_cumulant_of_gaussian_vanishes_beyond_two():
+    K = np.array([[1.0, 0.3, 0.2], [0.3, 2.0, -0.4], [0.2, -0.4, 1.0]])
+    mom = lambda idx: gaussian.wick_moment(idx, K)
+    assert cumulants.joint_cumulant((0, 2), mom) == pytest.approx(0.2)
+    for idx in [(0, 0, 1, 1), (0, 1, 2, 2), (0, 0, 1, 1, 2, 2)]:
+        assert abs(cumulants.joint_cumulant(idx, mom)) < 1e-12
+    # and the inverse map rebuilds the moment from K alone
+    cum = lambda idx: K[idx[0], idx[1]] if len(idx) == 2 else 0.0
+    assert cumulants.moment_from_cumulants((0, 1, 2, 2), cum) == pytest.approx(mom((0, 1, 2, 2)))
+
+
+def test_joint_cumulant_matches_single_variable_recursion():
+    moms = np.array([0.3, 1.2, 0.9, 4.1, 5.0])
+    by_partitions = [cumulants.joint_cumulant((0,) * k, lambda idx: moms[len(idx) - 1]) for k in range(1, 6)]
+    assert np.allclose(by_partitions, cumulants.moments_to_cumulants(moms))
+
+
+def test_connected_correlator_of_gamma_samples():
+    rng = np.random.default_rng(1)
+    x = rng.gamma(3.0, 1.0, size=400_000)          # cumulants 3 (n-1)!
+    for k, expected in [(2, 3.0), (3, 6.0), (4, 18.0)]:
+        v, se = cumulants.connected_correlator(x, (0,) * k)
+        assert abs(v - expected) < 4 * se
+    # a Gaussian with the same variance would be rejected
+    v, se = cumulants.connected_correlator(x, (0, 0, 0, 0))
+    assert abs(v) > 10 * se
+
+
+def test_weighted_connected_correlator_equals_unweighted_for_equal_weights():
+    x = np.random.default_rng(2).standard_normal((5000, 2))
+    a = cumulants.connected_correlator(x, (0, 0, 1, 1))
+    b = cumulants.connected_correlator(x, (0, 0, 1, 1), weights=np.full(5000, 3.0))
+    assert a[0] == pytest.approx(b[0], rel=1e-10)
+
+
+def test_nearly_gaussian_leading_order_tensor():
+    K = np.array([[1.0, 0.5], [0.5, 0.7]])
+    ng = cumulants.NearlyGaussian.isotropic(K, 1e-4)
+    for idx in [(0, 0, 0, 0), (0, 0, 1, 1), (0, 1, 1, 1)]:
+        exact = ng.exact_connected(idx)
+        lead = ng.connected_four_point()[idx]
+        assert exact == pytest.approx(lead, rel=2e-3)
+    assert ng.exact_moment((0, 1)) == pytest.approx(ng.two_point()[0, 1], rel=1e-6)
+
+
+def test_single_variable_quartic_is_minus_lambda_K4_and_breaks_at_large_coupling():
+    K = 1.3
+    small = cumulants.NearlyGaussian.isotropic(K, 1e-4)
+    assert small.connected_four_point()[0, 0, 0, 0] == pytest.approx(-1e-4 * K ** 4)
+    assert small.exact_connected((0, 0, 0, 0)) == pytest.approx(-1e-4 * K ** 4, rel=1e-3)
+    big = cumulants.NearlyGaussian.isotropic(K, 1.0)
+    assert abs(big.exact_connected((0, 0, 0, 0)) / -K ** 4) < 0.5       # far from first order
+
+
+def test_rejection_and_importance_sampling_agree_with_quadrature():
+    ng = cumulants.NearlyGaussian.isotropic(1.0, 0.5)
+    exact = ng.exact_connected((0, 0, 0, 0))
+    z, acc = ng.sample(300_000, seed=3)
+    assert 0 < acc < 1
+    v, se = cumulants.connected_correlator(z, (0, 0, 0, 0))
+    assert abs(v - exact) < 4 * se
+    v, se = ng.importance_connected((0, 0, 0, 0), 300_000, seed=4)
+    assert abs(v - exact) < 4 * se
+    assert abs(v - (-0.5)) > 4 * se                # first order is rejected at lambda = 0.5
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: cumulants.moments_to_cumulants([]), "last axis"),
+    (lambda: cumulants.moments_to_cumulants([1.0, np.nan]), "finite"),
+    (lambda: cumulants.joint_cumulant((), lambda i: 1.0), "at least one"),
+    (lambda: cumulants.joint_cumulant((0, -1), lambda i: 1.0), "integer >= 0"),
+    (lambda: cumulants.connected_correlator(np.zeros((10, 2)), (0, 2)), "indices must be in"),
+    (lambda: cumulants.connected_correlator(np.zeros((1, 2)), (0,)), "at least 2"),
+    (lambda: cumulants.connected_correlator(np.zeros((10, 2)), (0,), weights=-np.ones(10)), "weights"),
+    (lambda: cumulants.NearlyGaussian.isotropic(1.0, -0.1), ">= 0"),
+    (lambda: cumulants.NearlyGaussian.create([[1.0]], -np.ones((1, 1, 1, 1))), "negative"),
+    (lambda: cumulants.NearlyGaussian.create(np.eye(2), np.ones((2, 2, 2))), "shape"),
+    (lambda: cumulants.NearlyGaussian.create(np.eye(2), np.arange(16.0).reshape(2, 2, 2, 2)), "symmetric"),
+    (lambda: cumulants.NearlyGaussian.create([[1.0, 1.0], [1.0, 1.0]], np.zeros((2,) * 4)), "positive definite"),
+    (lambda: cumulants.set_partitions(-1), "integer >= 0"),
+])
+def test_bad_input_raises(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

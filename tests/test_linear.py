@@ -1,0 +1,107 @@
+"""Exact deep-linear-network statistics (Chapter 3 of [RY]), checked against closed forms and networks."""
+
+import numpy as np
+import pytest
+import torch
+
+from dlt_companion import ensembles, flows, linear, stats
+
+G1 = np.array([[1.0, 0.4, 0.2], [0.4, 1.5, -0.3], [0.2, -0.3, 0.7]])
+
+
+def test_two_point_recursion_closed_form():
+    for C_W, C_b in [(1.0, 0.0), (0.8, 0.2), (1.3, 0.1)]:
+        G = linear.two_point(G1, 7, C_b, C_W)
+        l = np.arange(1, 8)[:, None, None]
+        geo = (l - 1) * C_b if C_W == 1 else C_b * (1 - C_W ** (l - 1)) / (1 - C_W)
+        assert np.allclose(G, C_W ** (l - 1) * G1 + geo)
+    assert np.allclose(linear.two_point(2.0, 5), 2.0)            # criticality: constant
+
+
+def test_fourth_moment_single_input_is_product_formula():
+    n, L = 6, 9
+    got = linear.fourth_moment(1.7, [n] * L, C_W=1.2)
+    l = np.arange(1, L + 1)
+    assert np.allclose(got, 3 * 1.2 ** (2 * (l - 1)) * 1.7 ** 2 * (1 + 2 / n) ** (l - 1))
+    lead = linear.fourth_moment_leading(1.0, [n] * L)
+    assert np.allclose(lead, 3 * (1 + 2 * (l - 1) / n))
+    assert not np.allclose(lead, linear.fourth_moment(1.0, [n] * L))
+
+
+def test_unequal_widths_multiply_layer_factors():
+    ws = [5, 2, 9, 3]
+    got = linear.fourth_moment(1.0, ws) / 3
+    assert np.allclose(got, [1, 1 + 2 / 5, (1 + 2 / 5) * (1 + 2 / 2), (1 + 2 / 5) * 2 * (1 + 2 / 9)])
+
+
+def test_multi_input_recursion_equals_closed_form():
+    F = linear.four_point(G1, [7] * 6, C_W=0.9)
+    assert np.allclose(F, linear.four_point_closed_form(G1, 7, 6, C_W=0.9), rtol=1e-13)
+    # single-input limit of the tensor form
+    assert np.allclose(linear.four_point(2.0, [4] * 5), 4.0 * (1 + 2 / 4) ** np.arange(5))
+
+
+def test_vertex_leading_order_is_linear_in_depth():
+    n = 10_000
+    V = linear.vertex(G1, [n] * 5)
+    l = 4
+    expected = (l - 1) * (np.einsum("ac,bd->abcd", G1, G1) + np.einsum("ad,bc->abcd", G1, G1))
+    assert np.allclose(V[l - 1], expected, rtol=1e-3, atol=5e-3)
+    assert np.all(V[0] == 0)
+
+
+def test_same_neuron_four_point_sums_three_pairings():
+    F = linear.four_point(G1, [5] * 3)
+    S = linear.four_point_same_neuron(G1, [5] * 3)
+    assert S[2, 0, 1, 2, 2] == pytest.approx(F[2, 0, 1, 2, 2] + F[2, 0, 2, 1, 2] + F[2, 0, 2, 2, 1])
+
+
+def test_moment_2m_and_log_kernel():
+    n, L = 8, 6
+    assert np.allclose(linear.moment_2m(1.0, [n] * L, 2), linear.fourth_moment(1.0, [n] * L))
+    l = np.arange(L)
+    assert np.allclose(linear.moment_2m(2.0, [n] * L, 3), 15 * 8 * ((1 + 2 / n) * (1 + 4 / n)) ** l)
+    mean, var = linear.log_kernel_moments(1.0, [n] * L)
+    rng = np.random.default_rng(0)
+    chi = np.log(rng.chisquare(n, size=(200_000, L)) / n).cumsum(1)
+    assert np.allclose(mean, chi.mean(0), atol=5 * chi.std(0).max() / np.sqrt(200_000))
+    assert np.allclose(var, chi.var(0), rtol=0.02)
+
+
+def test_fourth_moment_on_real_networks_rejects_leading_form():
+    n, L, M = 4, 4, 40_000
+    spec = ensembles.EnsembleSpec.build(4, [n] * L, "linear", 0.0, 1.0, dtype=torch.float32)
+    m = ensembles.map_networks(lambda e: stats.neuron_moments(e(np.ones((1, 4)))), spec, M, seed=1)
+    value, err = stats.mean(m[:, :, 1])
+    stats.assert_agree("deep linear E[z^4] exact", linear.fourth_moment(1.0, [n] * L), value, err, quiet=True)
+    z_lead = stats.z_scores(linear.fourth_moment_leading(1.0, [n] * L), value, err)
+    assert np.abs(z_lead).max() > 4
+
+
+def test_multi_input_connected_four_point_on_networks():
+    x = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, -0.5, 1.5, 0.2]])
+    n, L, M = 6, 4, 20_000
+    G = flows.first_layer_kernel(x, 0.0, 1.0)
+    spec = ensembles.EnsembleSpec.build(4, [n] * L, "linear", 0.0, 1.0, dtype=torch.float32)
+    z = ensembles.map_networks(lambda e: e.output(x), spec, M, seed=2)
+    V = linear.vertex(G, [n] * L)
+    v, se = stats.four_point(z, (0, 1, 0, 1), "different")
+    stats.assert_agree("V_(01)(01)/n", V[-1, 0, 1, 0, 1] / n, v, se, quiet=True)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: linear.two_point(1.0, 0), "depth"),
+    (lambda: linear.two_point(-1.0, 3), ">= 0"),
+    (lambda: linear.two_point(np.array([[1.0, 2.0], [2.0, 1.0]]), 3), "positive semidefinite"),
+    (lambda: linear.two_point(1.0, 3, C_W=0.0), "C_W"),
+    (lambda: linear.four_point(1.0, [], C_b=0.0), "at least one"),
+    (lambda: linear.four_point(1.0, [4, 0]), "positive integer"),
+    (lambda: linear.four_point(1.0, [4], C_b=-1.0), "C_b"),
+    (lambda: linear.fourth_moment(np.eye(2), [4]), "scalar"),
+    (lambda: linear.moment_2m(1.0, [4], 0), "m"),
+    (lambda: linear.four_point_closed_form(1.0, 2.5, 3), "n must be"),
+    (lambda: linear.log_kernel_moments(0.0, [4]), "K1 must be > 0"),
+])
+def test_bad_input_raises(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
