@@ -16,13 +16,32 @@ Reproducible streaming
 Networks are generated in fixed blocks of :data:`BLOCK` networks; block k is drawn
 from its own generator seeded by ``SeedSequence([seed, k])``. Network number i of a
 seed is therefore the same tensor whichever sub-range or chunk it is generated in,
-and :func:`map_networks` can stream an ensemble of any size through bounded memory
-with results that do not depend on the chunk size.
+and :func:`map_networks` / :func:`stream_mean` can stream an ensemble of any size
+through bounded memory with results that do not depend on the chunk size. The networks
+of a seed depend on nothing else (not the chunk, the number of threads or the dtype),
+except the device type: CUDA's generator draws different numbers from the CPU's.
+
+Performance notes
+-----------------
+* Parameters are written straight into their final tensors (no concatenation) and
+  independent blocks are generated on ``torch.get_num_threads()`` worker threads;
+  the draws do not depend on the number of threads.
+* Normal deviates are drawn in float32 (about 4x faster than float64 on a CPU) and
+  cast, so a float64 ensemble holds exactly the same networks as a float32 one.
+* Streaming reuses one set of parameter buffers for every chunk: freshly allocated
+  memory costs a page fault per 4 KiB, which on a small VM is as slow as drawing
+  the numbers.
+* The chunk size adapts to the memory budget ``DLT_MEMORY_MB`` and, on the CPU, stays
+  near a cache-friendly size below it (see :func:`default_chunk`);
+  ``benchmarks/run.py`` measures all of the above.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -33,10 +52,27 @@ from . import _checks
 from .activations import Activation, get
 from .progress import progress
 
-__all__ = ["BLOCK", "MLPEnsemble", "EnsembleSpec", "map_networks", "iter_chunks", "default_chunk"]
+__all__ = ["BLOCK", "MLPEnsemble", "EnsembleSpec", "map_networks", "stream_mean", "iter_chunks",
+           "default_chunk", "memory_budget"]
 
-#: networks per independently seeded block (chunks are whole numbers of blocks)
+#: networks per independently seeded block (network i is in block i // BLOCK)
 BLOCK = 32
+
+#: default memory budget (MiB) for streamed ensembles on the CPU, if DLT_MEMORY_MB is unset
+DEFAULT_MEMORY_MB = 1024
+
+#: on the CPU, chunks stop growing at about this many bytes (or PREFERRED_MIN_CHUNK networks,
+#: whichever is more) even when the budget allows more: freshly drawn weights are then
+#: still in cache when the forward reads them (measured on 2 cores: a width-32 depth-32 or
+#: width-128 depth-8 streamed statistic ran 1.4x faster than with 1 GiB chunks)
+PREFERRED_CHUNK_BYTES = 64 * 2**20
+PREFERRED_MIN_CHUNK = 256
+
+# float32 scratch blocks larger than this are not kept between calls
+_SCRATCH_KEEP_BYTES = 64 * 2**20
+_local = threading.local()
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
 def _per_layer(value, L: int, what: str, check) -> list[float]:
@@ -49,9 +85,41 @@ def _per_layer(value, L: int, what: str, check) -> list[float]:
     return [check(v, f"{what}[{i}]") for i, v in enumerate(values)]
 
 
+@functools.lru_cache(maxsize=2**16)
 def _block_seed(seed: int, block: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(block)]).generate_state(1, dtype=np.uint64)[0]
                % (2**63 - 1))
+
+
+def _scratch(shape: tuple, device: torch.device) -> torch.Tensor:
+    """A float32 work tensor of ``shape``, reused per thread while it is small."""
+    numel = int(np.prod(shape))
+    key = (device.type, device.index)
+    cached = getattr(_local, "scratch", None)
+    if cached is not None and cached[0] == key and cached[1].numel() >= numel:
+        return cached[1][:numel].view(shape)
+    buf = torch.empty(numel, dtype=torch.float32, device=device)
+    if 4 * numel <= _SCRATCH_KEEP_BYTES:
+        _local.scratch = (key, buf)
+    return buf.view(shape)
+
+
+def _forget_pool() -> None:          # a forked child has none of the parent's threads
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _thread_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
+                                       thread_name_prefix="dlt-ensembles")
+        return _pool
 
 
 @dataclass(frozen=True)
@@ -87,47 +155,118 @@ class EnsembleSpec:
         L = len(widths)
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', "
+                             f"got {device!r}") from None
         return cls(n_in=n_in, widths=widths, act=get(act),
                    C_b=tuple(_per_layer(C_b, L, "C_b", _checks.C_b)),
                    C_W=tuple(_per_layer(C_W, L, "C_W", _checks.C_W)),
-                   dtype=dtype, device=torch.device(device))
+                   dtype=dtype, device=device)
 
     @property
     def fan_in(self) -> tuple:
         return (self.n_in,) + self.widths[:-1]
 
-    def bytes_per_network(self, n_inputs: int = 1) -> int:
-        """Memory one network needs: its parameters plus one batch of preactivations."""
-        itemsize = torch.finfo(self.dtype).bits // 8
-        params = sum(n * m + n for n, m in zip(self.widths, self.fan_in))
-        acts = 2 * n_inputs * sum(self.widths)
-        return itemsize * (params + acts)
+    @property
+    def n_parameters(self) -> int:
+        """Parameters of one network, Σ_l n_l (n_{l−1} + 1)."""
+        return sum(n * m + n for n, m in zip(self.widths, self.fan_in))
 
-    def _block(self, seed: int, block: int) -> tuple[list, list]:
-        # Normal deviates are drawn in float32 (4x faster than float64 on CPU) and then
-        # cast: the same networks for either dtype, and a distribution exact to 2^-24.
+    def flops(self, n_inputs: int = 1) -> int:
+        """Multiply-add FLOPs (2 per multiply-add) of one network's forward on ``n_inputs`` inputs."""
+        return 2 * n_inputs * sum(n * m for n, m in zip(self.widths, self.fan_in))
+
+    def bytes_per_network(self, n_inputs: int = 1) -> int:
+        """Memory one network of a chunk needs: its parameters plus its activations.
+
+        Activations are counted four times over (every layer's preactivations are kept
+        by ``forward``, plus σ(z), plus room for the per-network statistic computed
+        from them).
+        """
+        itemsize = torch.finfo(self.dtype).bits // 8
+        acts = 4 * n_inputs * sum(self.widths)
+        return itemsize * (self.n_parameters + acts)
+
+    def _scratch_bytes(self) -> int:
+        """Per-thread float32 work space of one block of the largest layer."""
+        return 4 * BLOCK * max(n * m + n for n, m in zip(self.widths, self.fan_in))
+
+    # -- generation ---------------------------------------------------------------------
+    def _fill_block(self, seed: int, block: int, first: int, lo: int, hi: int,
+                    Ws: list, bs: list) -> None:
+        """Draw block ``block`` and write its networks lo..hi−1 into Ws, bs (offset ``first``).
+
+        The draws are those of ``torch.randn`` in float32 of shapes [BLOCK, n_l, n_{l-1}]
+        then [BLOCK, n_l], layer by layer, from the block's own generator; they are
+        scaled by sqrt(C_W / n_{l−1}) and sqrt(C_b) in the ensemble's dtype.
+        """
         gen = torch.Generator(device=self.device)
         gen.manual_seed(_block_seed(seed, block))
-        Ws, bs = [], []
-        for n, m, cw, cb in zip(self.widths, self.fan_in, self.C_W, self.C_b):
-            W = torch.randn((BLOCK, n, m), generator=gen, dtype=torch.float32, device=self.device)
-            b = torch.randn((BLOCK, n), generator=gen, dtype=torch.float32, device=self.device)
-            Ws.append(W.to(self.dtype).mul_((cw / m) ** 0.5))
-            bs.append(b.to(self.dtype).mul_(cb ** 0.5))
-        return Ws, bs
+        start = block * BLOCK
+        whole = (lo == start and hi == start + BLOCK)
+        direct = whole and self.dtype == torch.float32
+        src = slice(lo - start, hi - start)
+        dst = slice(lo - first, hi - first)
+        for l, (n, m, cw, cb) in enumerate(zip(self.widths, self.fan_in, self.C_W, self.C_b)):
+            for shape, out, scale in (((BLOCK, n, m), Ws[l], (cw / m) ** 0.5),
+                                      ((BLOCK, n), bs[l], cb ** 0.5)):
+                target = out[dst]
+                if direct:                           # draw in place: no copy at all
+                    target.normal_(0.0, 1.0, generator=gen)
+                else:                                # draw a float32 block, keep part, cast
+                    draw = _scratch(shape, self.device).normal_(0.0, 1.0, generator=gen)
+                    target.copy_(draw[src])
+                target.mul_(scale)
 
-    def parameters(self, seed: int, first: int, count: int) -> tuple[list, list]:
-        """Weights [count, n_l, n_{l-1}] and biases [count, n_l] of networks first..first+count−1."""
+    def parameters(self, seed: int, first: int, count: int, out=None) -> tuple[list, list]:
+        """Weights [count, n_l, n_{l-1}] and biases [count, n_l] of networks first..first+count−1.
+
+        Parameters
+        ----------
+        seed, first, count : int
+            The seed of the ensemble and the range of network indices.
+        out : (Ws, bs), optional
+            Buffers with room for at least ``count`` networks (e.g. from an earlier call)
+            to write into instead of allocating; views of them are returned.
+        """
         first, count = int(first), _checks.width(count, "n_networks")
         if first < 0:
             raise ValueError(f"first network index must be >= 0, got {first}")
-        b0, b1 = first // BLOCK, (first + count - 1) // BLOCK
-        blocks = [self._block(seed, k) for k in range(b0, b1 + 1)]
-        lo = first - b0 * BLOCK
-        L = len(self.widths)
-        Ws = [torch.cat([blk[0][l] for blk in blocks])[lo:lo + count] for l in range(L)]
-        bs = [torch.cat([blk[1][l] for blk in blocks])[lo:lo + count] for l in range(L)]
+        Ws, bs = self._buffers(count, out)
+        last = first + count
+        jobs = [(k, max(first, k * BLOCK), min(last, (k + 1) * BLOCK))
+                for k in range(first // BLOCK, (last - 1) // BLOCK + 1)]
+        workers = 1 if self.device.type != "cpu" else min(len(jobs), torch.get_num_threads())
+
+        def work(part):
+            for k, lo, hi in part:
+                self._fill_block(seed, k, first, lo, hi, Ws, bs)
+
+        if workers <= 1:
+            work(jobs)
+        else:
+            futures = [_thread_pool().submit(work, jobs[w::workers]) for w in range(workers)]
+            for f in futures:
+                f.result()
         return Ws, bs
+
+    def _buffers(self, count: int, out) -> tuple[list, list]:
+        kw = dict(dtype=self.dtype, device=self.device)
+        if out is None:
+            return ([torch.empty((count, n, m), **kw) for n, m in zip(self.widths, self.fan_in)],
+                    [torch.empty((count, n), **kw) for n in self.widths])
+        Ws, bs = out
+        for l, (n, m) in enumerate(zip(self.widths, self.fan_in)):
+            W, b = Ws[l], bs[l]
+            if (W.shape[1:] != (n, m) or b.shape[1:] != (n,) or W.shape[0] < count
+                    or b.shape[0] < count or W.dtype != self.dtype or b.dtype != self.dtype
+                    or W.device != self.device or not W.is_contiguous() or not b.is_contiguous()):
+                raise ValueError(f"out buffers of layer {l + 1} do not fit: need contiguous "
+                                 f"[>={count}, {n}, {m}] and [>={count}, {n}] tensors of "
+                                 f"{self.dtype} on {self.device}")
+        return [W[:count] for W in Ws], [b[:count] for b in bs]
 
 
 class MLPEnsemble:
@@ -168,11 +307,14 @@ class MLPEnsemble:
         self.weights, self.biases = self.spec.parameters(self.seed, self.first, self.n_networks)
 
     @classmethod
-    def from_spec(cls, spec: EnsembleSpec, n_networks: int, seed: int = 0, first: int = 0):
+    def from_spec(cls, spec: EnsembleSpec, n_networks: int, seed: int = 0, first: int = 0,
+                  out=None):
+        """The ensemble of networks first..first+n_networks−1 of ``seed`` (``out``: see
+        :meth:`EnsembleSpec.parameters`)."""
         self = cls.__new__(cls)
         self.spec, self.seed, self.first = spec, int(seed), int(first)
         self.n_networks = _checks.width(n_networks, "n_networks")
-        self.weights, self.biases = spec.parameters(self.seed, self.first, self.n_networks)
+        self.weights, self.biases = spec.parameters(self.seed, self.first, self.n_networks, out=out)
         return self
 
     @property
@@ -191,7 +333,10 @@ class MLPEnsemble:
         return x
 
     def forward(self, x, layers: str = "all") -> list[torch.Tensor]:
-        """Preactivations z^{(l)} of every layer for inputs x [B, n_in].
+        """Preactivations z^{(l)} of every layer for inputs x [B, n_in]  (§2.1 of [RY]).
+
+        One batched GEMM per layer (``baddbmm`` over the M networks), so the cost is that
+        of ``torch.bmm`` on the same shapes (see ``benchmarks/``).
 
         Returns a list of L tensors [M, B, n_l] (``layers="all"``) or just the output
         [M, B, n_L] in a one-element list (``layers="last"``, which frees the others).
@@ -218,11 +363,95 @@ class MLPEnsemble:
         return self.forward(x, layers="last")[0]
 
 
-def default_chunk(spec: EnsembleSpec, n_inputs: int = 1) -> int:
-    """Networks per chunk that fit the memory budget ``DLT_MEMORY_MB`` (default 1024 MiB)."""
-    budget = float(os.environ.get("DLT_MEMORY_MB", "1024")) * 2**20
+def memory_budget(device="cpu") -> int:
+    """The memory budget (bytes) for one chunk of a streamed ensemble.
+
+    ``DLT_MEMORY_MB`` if set; otherwise 1024 MiB on the CPU and a quarter of the free
+    memory (at most 8 GiB) on a GPU.
+    """
+    value = os.environ.get("DLT_MEMORY_MB", "").strip()
+    if value:
+        try:
+            mb = float(value)
+        except ValueError:
+            mb = float("nan")
+        if not (np.isfinite(mb) and mb > 0):
+            raise ValueError(f"DLT_MEMORY_MB must be a positive number of MiB, got {value!r}")
+        return int(mb * 2**20)
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(min(free // 4, 8 * 2**30))
+    return DEFAULT_MEMORY_MB * 2**20
+
+
+def default_chunk(spec: EnsembleSpec, n_inputs: int = 1, n_networks: int | None = None) -> int:
+    """Networks per chunk: what fits the memory budget (:func:`memory_budget`, ``DLT_MEMORY_MB``).
+
+    A chunk holds ``chunk × spec.bytes_per_network(n_inputs)`` bytes plus a float32
+    work block per generator thread, and must fit the budget. On the CPU it is also
+    kept near :data:`PREFERRED_CHUNK_BYTES` (but at least :data:`PREFERRED_MIN_CHUNK`
+    networks), which is faster than filling a large budget; on a GPU the budget is
+    used in full. The result is a multiple of :data:`BLOCK` (every block but the last
+    is then drawn in place), at least BLOCK, and no more than ``n_networks`` if given.
+    """
+    n_inputs = _checks.width(n_inputs, "n_inputs")
+    budget = memory_budget(spec.device)
     per = spec.bytes_per_network(n_inputs)
-    return max(BLOCK, int(budget // (3 * per)) // BLOCK * BLOCK)
+    cpu = spec.device.type == "cpu"
+    workers = torch.get_num_threads() if cpu else 1
+    fits = int((budget - workers * spec._scratch_bytes()) // per)
+    if cpu:
+        fits = min(fits, max(PREFERRED_MIN_CHUNK, PREFERRED_CHUNK_BYTES // per))
+    chunk = max(BLOCK, fits // BLOCK * BLOCK)
+    if n_networks is not None:
+        chunk = min(chunk, _checks.width(n_networks, "n_networks"))
+    return chunk
+
+
+class iter_chunks:
+    """The seeded ensemble of ``n_networks`` as consecutive sub-ensembles of ``chunk`` networks.
+
+    Iterating yields :class:`MLPEnsemble` objects built lazily, one at a time. With
+    ``reuse=True`` every chunk is written into the same parameter buffers (much faster
+    for many chunks), so a yielded ensemble is valid only until the next one is
+    requested.
+    """
+
+    def __init__(self, spec: EnsembleSpec, n_networks: int, seed: int = 0,
+                 chunk: int | None = None, n_inputs: int = 1, reuse: bool = False):
+        self.spec, self.seed, self.reuse = spec, int(seed), bool(reuse)
+        self.n_networks = _checks.width(n_networks, "n_networks")
+        self.chunk = (default_chunk(spec, n_inputs, self.n_networks) if chunk is None
+                      else _checks.width(chunk, "chunk"))
+
+    def __len__(self) -> int:
+        return -(-self.n_networks // self.chunk)
+
+    def __iter__(self) -> Iterator[MLPEnsemble]:
+        buffers = None
+        for start in range(0, self.n_networks, self.chunk):
+            count = min(self.chunk, self.n_networks - start)
+            ens = MLPEnsemble.from_spec(self.spec, count, seed=self.seed, first=start, out=buffers)
+            if self.reuse and buffers is None:
+                buffers = (ens.weights, ens.biases)
+            yield ens
+            del ens
+
+
+def _pieces(fn, spec, n_networks, seed, chunk, desc, n_inputs) -> Iterator[np.ndarray]:
+    """fn over the chunks of the ensemble, each result copied to a float64 numpy array."""
+    chunks = iter_chunks(spec, n_networks, seed, chunk, n_inputs, reuse=True)
+    for ens in progress(chunks, desc=desc, total=len(chunks), disable=desc is None or len(chunks) < 2):
+        with torch.no_grad():
+            value = fn(ens)
+        if not isinstance(value, torch.Tensor) or value.ndim < 1 or value.shape[0] != ens.n_networks:
+            raise ValueError(f"fn must return a tensor whose first axis runs over the chunk's "
+                             f"{ens.n_networks} networks, got "
+                             f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)}")
+        # a copy: the parameter buffers are overwritten by the next chunk
+        yield np.array(value.detach().to("cpu", torch.float64).numpy(), copy=True)
+        del value, ens
 
 
 def map_networks(fn: Callable[[MLPEnsemble], torch.Tensor], spec: EnsembleSpec, n_networks: int,
@@ -232,34 +461,38 @@ def map_networks(fn: Callable[[MLPEnsemble], torch.Tensor], spec: EnsembleSpec, 
 
     ``fn(ens)`` must return a tensor whose first axis runs over the chunk's networks
     (per-network statistics such as ``ens.output(x)[:, 0, :]**2``). The results are
-    concatenated into a numpy array [n_networks, ...]. Peak memory is set by ``chunk``
-    (default: :func:`default_chunk`), and the result does not depend on it.
+    concatenated into a numpy array [n_networks, ...]. Peak memory is the chunk
+    (default: :func:`default_chunk` for ``n_inputs`` inputs) plus the per-network
+    results; the result does not depend on the chunk size. For a statistic whose
+    memory must not grow with ``n_networks`` at all, see :func:`stream_mean`.
     """
-    chunks = iter_chunks(spec, n_networks, seed, chunk, n_inputs)
-    pieces = []
-    for ens in progress(chunks, desc=desc, total=len(chunks), disable=desc is None or len(chunks) < 2):
-        with torch.no_grad():
-            pieces.append(fn(ens).detach().to("cpu", torch.float64).numpy())
-        del ens
-    return np.concatenate(pieces, axis=0)
+    return np.concatenate(list(_pieces(fn, spec, n_networks, seed, chunk, desc, n_inputs)), axis=0)
 
 
-class iter_chunks:
-    """The seeded ensemble of ``n_networks`` as consecutive sub-ensembles of ``chunk`` networks.
+def stream_mean(fn: Callable[[MLPEnsemble], torch.Tensor], spec: EnsembleSpec, n_networks: int,
+                seed: int = 0, chunk: int | None = None, desc: str | None = None,
+                n_inputs: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over networks of ``fn``'s per-network values and its standard error, in O(chunk) memory.
 
-    Iterating yields :class:`MLPEnsemble` objects built lazily, one at a time.
+    The same numbers as ``stats.mean(map_networks(fn, ...))`` (to float rounding), but
+    only running sums are kept, so memory does not grow with ``n_networks``. Chunks are
+    combined with the pairwise update of Chan, Golub & LeVeque (1979), which stays
+    accurate when the mean is large compared with the spread.
+
+    Returns
+    -------
+    mean, stderr : arrays of the shape of one network's value
     """
-
-    def __init__(self, spec: EnsembleSpec, n_networks: int, seed: int = 0,
-                 chunk: int | None = None, n_inputs: int = 1):
-        self.spec, self.seed = spec, int(seed)
-        self.n_networks = _checks.width(n_networks, "n_networks")
-        self.chunk = default_chunk(spec, n_inputs) if chunk is None else _checks.width(chunk, "chunk")
-
-    def __len__(self) -> int:
-        return -(-self.n_networks // self.chunk)
-
-    def __iter__(self) -> Iterator[MLPEnsemble]:
-        for start in range(0, self.n_networks, self.chunk):
-            yield MLPEnsemble.from_spec(self.spec, min(self.chunk, self.n_networks - start),
-                                        seed=self.seed, first=start)
+    if _checks.width(n_networks, "n_networks") < 2:
+        raise ValueError(f"need at least 2 networks for an error bar, got {n_networks}")
+    count, mean, m2 = 0, 0.0, 0.0
+    for piece in _pieces(fn, spec, n_networks, seed, chunk, desc, n_inputs):
+        k = piece.shape[0]
+        mu = piece.mean(axis=0)
+        sq = ((piece - mu) ** 2).sum(axis=0)
+        delta = mu - mean
+        total = count + k
+        mean = mean + delta * (k / total)
+        m2 = m2 + sq + delta ** 2 * (count * k / total)
+        count = total
+    return np.asarray(mean), np.sqrt(m2 / (count - 1) / count)
