@@ -106,3 +106,14 @@ def gram(K, what: str = "kernel") -> np.ndarray:
         raise ValueError(f"{what} is not positive semidefinite (smallest eigenvalue "
                          f"{eig.min():.3g}); a kernel must be a Gram matrix of covariances")
     return K
+
+
+def differentiable_activation(act, purpose: str):
+    """An activation whose derivative σ' is an ordinary function (not the perceptron's δ)."""
+    from .activations import get
+
+    act = get(act)
+    if act.name == "perceptron":
+        raise ValueError(f"{purpose} need σ' as a function; the perceptron's step has a "
+                         "Dirac-delta derivative, so they are not available for it")
+    return act

@@ -46,11 +46,7 @@ __all__ = ["susceptibilities", "fixed_point", "critical_point", "Critical", "tay
 
 
 def _smooth_act(act) -> Activation:
-    act = get(act)
-    if act.name == "perceptron":
-        raise ValueError("the perceptron's derivative is a Dirac delta; its susceptibilities "
-                         "are not finite functions of K")
-    return act
+    return _checks.differentiable_activation(act, "the susceptibilities")
 
 
 def susceptibilities(act, C_b: float, C_W: float, K):

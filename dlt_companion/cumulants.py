@@ -167,6 +167,18 @@ def _positions(indices) -> tuple:
     return tuple(int(i) for i in idx)
 
 
+def _block_values(fn: Callable[[tuple], float], idx) -> Callable:
+    """block of positions ↦ fn(sorted variable indices of the block), memoised."""
+    cache: dict = {}
+
+    def value(block):
+        key = tuple(sorted(idx[p] for p in block))
+        if key not in cache:
+            cache[key] = float(fn(key))
+        return cache[key]
+    return value
+
+
 def joint_cumulant(indices, moment: Callable[[tuple], float]) -> float:
     """Connected correlator E[z_{i1} ⋯ z_{ik}]_connected from full correlators (§1.2 of [RY]).
 
@@ -186,14 +198,7 @@ def joint_cumulant(indices, moment: Callable[[tuple], float]) -> float:
     float
     """
     idx = _positions(indices)
-    cache: dict = {}
-
-    def m(block):
-        key = tuple(sorted(idx[p] for p in block))
-        if key not in cache:
-            cache[key] = float(moment(key))
-        return cache[key]
-
+    m = _block_values(moment, idx)
     total = 0.0
     for part in set_partitions(len(idx)):
         r = len(part)
@@ -211,14 +216,7 @@ def moment_from_cumulants(indices, cumulant: Callable[[tuple], float]) -> float:
         ``cumulant(sub_indices)`` returns the connected correlator of those variables.
     """
     idx = _positions(indices)
-    cache: dict = {}
-
-    def c(block):
-        key = tuple(sorted(idx[p] for p in block))
-        if key not in cache:
-            cache[key] = float(cumulant(key))
-        return cache[key]
-
+    c = _block_values(cumulant, idx)
     return float(sum(np.prod([c(B) for B in part]) for part in set_partitions(len(idx))))
 
 

@@ -116,11 +116,7 @@ def kernel(act, C_b: float, C_W: float, K1, depth: int) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 def _finite_width_act(act) -> Activation:
-    act = get(act)
-    if act.name == "perceptron":
-        raise ValueError("the finite-width flows need σ' as a function; the perceptron's step "
-                         "has a Dirac-delta derivative, so V and K^{1} are not available for it")
-    return act
+    return _checks.differentiable_activation(act, "the finite-width flows (V and K^{1})")
 
 
 def _width_ratios(widths, depth: int) -> np.ndarray:
