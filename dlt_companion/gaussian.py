@@ -19,11 +19,23 @@ Quadrature
   in θ, and r gets the composite panels above. Piecewise-polynomial integrands
   (ReLU, leaky ReLU and their products) are then integrated to machine precision
   and smooth ones converge exponentially.
-* **Three or four variables** (:func:`expect_n`): tensor-product Gauss–Hermite
-  (:func:`numpy.polynomial.hermite_e.hermegauss`) after an eigen-factorisation of
-  K, which also handles singular (perfectly correlated) kernels. This is exact
-  for polynomials up to degree 2n−1 in each direction; for kinked integrands its
-  error is algebraic, so prefer :func:`expect2` whenever only two distinct inputs
+* **Three variables** (:func:`expect_n`): integrate one variable at a time in
+  conditional (pivoted-Cholesky, :func:`scipy.linalg.lapack.dpstrf`) coordinates,
+  z = L u with L lower triangular, and split each u_k where its own z_k = 0. Given
+  the earlier u's the integrand is smooth on both sides of every split, so
+  Gauss–Legendre on the two sides of [−8.6, 8.6] converges exponentially for
+  ReLU-type integrands too. Measured with 24 nodes a side (0.05 s), equal
+  correlation ρ between the three, against the ReLU arc-cosine kernel and tanh via
+  :func:`expect2`: ≤ 1e-12 for |ρ| ≤ 0.8, 1e-8 at ρ = 0.9, 1e-6 at ρ = 0.99 (nearly
+  collinear inputs make the kink planes nearly parallel; ``nodes=32`` gives 1e-9
+  there). Singular kernels integrate over their rank.
+* **Four variables** (:func:`expect_n`): tensor-product Gauss–Hermite
+  (:func:`numpy.polynomial.hermite_e.hermegauss`, 16 nodes per direction) after an
+  eigen-factorisation of K: exact for polynomials of degree < 32 in each direction
+  and 1e-5–1e-3 for tanh, but only algebraically convergent for kinked integrands
+  (~1e-3 relative for ReLU products). The split rule above reaches 1e-8 in four
+  variables only with (2·16)^4 points (0.5 s a call), too slow for the flows' inner
+  loops; prefer :func:`expect2` or three variables whenever fewer distinct inputs
   are involved.
 
 Degenerate kernels are handled exactly: K = 0 gives F(0); a 2x2 kernel with
@@ -37,6 +49,7 @@ from functools import lru_cache
 from typing import Callable
 
 import numpy as np
+import scipy.linalg
 
 from . import _checks
 
@@ -47,7 +60,9 @@ _R_MAX = 10.0
 _N_PANELS = 20       # panels of width 0.5 in the radial variable
 _PANEL_NODES = 10    # Gauss–Legendre nodes per panel
 _ARC_NODES = 32      # Gauss–Legendre nodes per angular arc (4 arcs)
-_GH_NODES = {3: 28, 4: 16}
+_SPLIT_NODES = 24    # Gauss–Legendre nodes on each side of a kink, per variable (three variables)
+_GH_NODES = 16       # Gauss–Hermite nodes per direction (four variables)
+_U_MAX = 8.6         # standardised cut-off of the conditional integrals (weight < 1e-16)
 
 
 @lru_cache(maxsize=None)
@@ -185,6 +200,28 @@ def expect2(f: Callable, g: Callable, K11, K12, K22) -> np.ndarray | float:
     return _expect_pair(lambda z1, z2: f(z1) * g(z2), K11, K12, K22)
 
 
+def _split_rule(L: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes z [P, d] and weights [P] for z = L u, u ~ N(0, 1_r), split where each z_k = 0.
+
+    ``L`` is [d, r] lower trapezoidal with L[k, k] > 0 for k < r (rows in integration
+    order). Level k integrates u_k over [−U, t] and [t, U] with t = −(Σ_{j<k} L_kj u_j)/L_kk,
+    the value at which z_k changes sign; n Gauss–Legendre nodes on each side.
+    """
+    x, w = np.polynomial.legendre.leggauss(n)
+    u = np.zeros((1, 0))
+    weights = np.ones(1)
+    for k in range(L.shape[1]):
+        t = np.clip(-(u @ L[k, :k]) / L[k, k], -_U_MAX, _U_MAX)                  # [P]
+        edges = np.stack([np.full_like(t, -_U_MAX), t, np.full_like(t, _U_MAX)], axis=1)
+        half = 0.5 * np.diff(edges, axis=1)                                     # [P, 2]
+        mid = 0.5 * (edges[:, 1:] + edges[:, :-1])
+        uk = (mid[..., None] + half[..., None] * x).reshape(len(t), -1)         # [P, 2n]
+        wk = (half[..., None] * w).reshape(len(t), -1) * np.exp(-0.5 * uk * uk) / np.sqrt(2 * np.pi)
+        u = np.concatenate([np.repeat(u, uk.shape[1], axis=0), uk.reshape(-1, 1)], axis=1)
+        weights = (weights[:, None] * wk).ravel()
+    return u @ L.T, weights
+
+
 def expect_n(fn: Callable, K, nodes: int | None = None) -> float:
     """⟨fn(z)⟩ for z ~ N(0, K) in d = 1..4 dimensions.
 
@@ -195,14 +232,17 @@ def expect_n(fn: Callable, K, nodes: int | None = None) -> float:
     K : array [d, d]
         Positive semidefinite covariance.
     nodes : int, optional
-        Gauss–Hermite nodes per dimension for d ≥ 3 (default 28 for d = 3, 16 for d = 4).
+        d = 3: Gauss–Legendre nodes on each side of every split, per variable (default 24);
+        d = 4: Gauss–Hermite nodes per direction (default 16).
 
     Notes
     -----
-    d = 1 and d = 2 dispatch to :func:`expect` and the polar rule of :func:`expect2`.
-    For d ≥ 3 a tensor Gauss–Hermite rule is applied after factorising K = A Aᵀ with
-    A = U Λ^{1/2} from :func:`numpy.linalg.eigh`; this is exact for polynomials of degree
-    < 2·nodes and algebraically convergent for kinked integrands.
+    d = 1 and d = 2 dispatch to :func:`expect` and the polar rule of :func:`expect2`
+    (~1e-14). d = 3 integrates variable by variable in pivoted-Cholesky coordinates,
+    splitting each where its own z_k = 0, so ReLU-type kinks sit at panel edges
+    (≤ 1e-12 relative for correlations up to 0.8, 1e-6 at 0.99). d = 4 uses tensor
+    Gauss–Hermite: exact for polynomials, ~1e-3 for kinked integrands. The module
+    docstring has the measurements.
     """
     K = _checks.gram(K, "covariance K")
     d = K.shape[0]
@@ -212,12 +252,16 @@ def expect_n(fn: Callable, K, nodes: int | None = None) -> float:
         return _expect_pair(lambda z1, z2: fn(np.stack([z1, z2], axis=-1)), K[0, 0], K[0, 1], K[1, 1])
     if d > 4:
         raise ValueError(f"expect_n supports 1 to 4 variables, got a {d}x{d} covariance")
-    n = nodes or _GH_NODES[d]
+    if d == 3:
+        c, piv, rank, _ = scipy.linalg.lapack.dpstrf(K, lower=1)
+        z_ordered, weights = _split_rule(np.tril(c)[:, :rank], int(nodes or _SPLIT_NODES))
+        z = np.empty_like(z_ordered)
+        z[:, piv - 1] = z_ordered                   # undo LAPACK's (1-based) pivoting
+        return float(_as_output(fn(z), z.shape[:-1]) @ weights)
     lam, U = np.linalg.eigh(K)
     A = U * np.sqrt(np.clip(lam, 0.0, None))
-    x, w = _hermite_rule(int(n))
-    grids = np.meshgrid(*([x] * d), indexing="ij")
-    pts = np.stack([g.ravel() for g in grids], axis=-1)             # [n^d, d]
+    x, w = _hermite_rule(int(nodes or _GH_NODES))
+    pts = np.stack([g.ravel() for g in np.meshgrid(*([x] * d), indexing="ij")], axis=-1)  # [n^d, d]
     weights = np.ones(1)
     for _ in range(d):
         weights = np.multiply.outer(weights, w)

@@ -88,6 +88,52 @@ def test_three_and_four_variables_match_isserlis():
 def test_expect_n_handles_singular_covariances():
     K = np.ones((3, 3))       # z1 = z2 = z3
     assert gaussian.expect_n(lambda z: z[..., 0] * z[..., 1] * z[..., 2] ** 2, K) == pytest.approx(3.0, rel=RTOL)
+    K4 = np.zeros((4, 4))
+    K4[:2, :2] = [[1.0, 0.3], [0.3, 2.0]]                                  # rank 2 inside four variables
+    assert gaussian.expect_n(lambda z: z[..., 0] ** 2 * z[..., 1] ** 2 + z[..., 3], K4) == pytest.approx(
+        1.0 * 2.0 + 2 * 0.3**2, rel=RTOL)
+
+
+def _three(rho, scale=(1.0, 1.3, 0.8)):
+    """A 3x3 covariance with correlation rho between every pair and unequal variances."""
+    s = np.sqrt(np.asarray(scale))
+    return (np.full((3, 3), rho) + (1 - rho) * np.eye(3)) * np.outer(s, s)
+
+
+@pytest.mark.parametrize("rho, nodes", [(-0.4, None), (0.0, None), (0.3, None), (0.8, None), (0.95, 32)])
+def test_three_variables_resolve_relu_kinks_to_closed_form_accuracy(rho, nodes):
+    K = _three(rho)
+    for i, j in [(0, 1), (0, 2), (1, 2)]:
+        got = gaussian.expect_n(lambda z: relu(z[..., i]) * relu(z[..., j]), K, nodes=nodes)
+        assert got == pytest.approx(arccos_kernel(K[i, i], K[i, j], K[j, j]), rel=RTOL)
+        got = gaussian.expect_n(lambda z: erf(z[..., i]) * erf(z[..., j]), K, nodes=nodes)
+        assert got == pytest.approx(arcsin_kernel(K[i, i], K[i, j], K[j, j]), rel=RTOL)
+
+
+def test_three_variables_agree_with_the_two_variable_rule_on_products_of_three():
+    # ⟨relu(z0) relu(z1) z2⟩ = Σ_k K_2k ⟨∂_k[relu(z0) relu(z1)]⟩ (Stein) = K_20 ⟨Θ(z0) relu(z1)⟩ + K_21 ⟨relu(z0) Θ(z1)⟩
+    K = _three(0.5)
+    step = lambda z: (z > 0).astype(float)
+    want = K[2, 0] * gaussian.expect2(step, relu, K[0, 0], K[0, 1], K[1, 1]) \
+        + K[2, 1] * gaussian.expect2(relu, step, K[0, 0], K[0, 1], K[1, 1])
+    got = gaussian.expect_n(lambda z: relu(z[..., 0]) * relu(z[..., 1]) * z[..., 2], K)
+    assert got == pytest.approx(want, rel=RTOL)
+
+
+def test_three_variables_with_a_duplicated_input_integrate_over_the_rank():
+    K = np.array([[1.0, 1.0, 0.3], [1.0, 1.0, 0.3], [0.3, 0.3, 2.0]])   # z0 = z1
+    got = gaussian.expect_n(lambda z: relu(z[..., 1]) * relu(z[..., 2]), K)
+    assert got == pytest.approx(arccos_kernel(1.0, 0.3, 2.0), rel=RTOL)
+    assert gaussian.expect_n(lambda z: np.cos(z[..., 0]) + 1.0, np.zeros((3, 3))) == pytest.approx(2.0, rel=1e-15)
+
+
+def test_four_variables_meet_their_documented_accuracy():
+    # Tensor Gauss–Hermite: exact for polynomials (Isserlis above), ~1e-3 for kinked integrands.
+    K = np.full((4, 4), 0.3) + 0.7 * np.eye(4)
+    got = gaussian.expect_n(lambda z: relu(z[..., 0]) * relu(z[..., 3]), K)
+    assert got == pytest.approx(arccos_kernel(1.0, 0.3, 1.0), rel=2e-2)
+    got = gaussian.expect_n(lambda z: tanh(z[..., 0]) * tanh(z[..., 3]), K)
+    assert got == pytest.approx(gaussian.expect2(tanh, tanh, 1.0, 0.3, 1.0), rel=1e-4)
 
 
 def test_expect_n_low_dimensions_use_the_exact_rules():
