@@ -47,7 +47,7 @@ import numpy as np
 
 from . import _checks
 from .activations import Activation, get
-from .gaussian import expect, expect2, expect_n, quadrature_1d
+from .gaussian import expect, expect2, expect_n, pair_rule, quadrature_1d
 
 __all__ = ["first_layer_kernel", "kernel", "four_point", "kernel_correction", "run", "Flow",
            "single_input_moments"]
@@ -210,25 +210,17 @@ def _common(act, C_b, C_W, K1, depth, widths):
 # several inputs
 # --------------------------------------------------------------------------
 
-def _stack_fn(fns):
-    """One numpy function applying fns[p] to slice p of its argument (for batched expect2)."""
-    return lambda z: np.stack([np.broadcast_to(f(z[p]), z[p].shape) for p, f in enumerate(fns)])
-
-
 def _pair_averages(act: Activation, Kaa, Kab, Kbb) -> dict:
-    """Two-input averages of one pair of inputs, from one batched polar quadrature."""
-    s, d = act.numpy[0], act.numpy[1]
-    table = {
-        "s31": (lambda z: s(z) ** 3, s), "s22": (lambda z: s(z) ** 2, lambda z: s(z) ** 2),
-        "s13": (s, lambda z: s(z) ** 3), "s11": (s, s), "dd": (d, d),
-        "zds_a": (lambda z: z * d(z), s), "zds_b": (s, lambda z: z * d(z)),
+    """Two-input averages of one pair of inputs, all on one polar rule (σ, σ' evaluated once)."""
+    z1, z2, w = pair_rule(Kaa, Kab, Kbb)
+    s1, s2 = act.numpy[0](z1), act.numpy[0](z2)
+    d1, d2 = act.numpy[1](z1), act.numpy[1](z2)
+    products = {
+        "s31": s1 ** 3 * s2, "s22": (s1 * s2) ** 2, "s13": s1 * s2 ** 3, "s11": s1 * s2,
+        "dd": d1 * d2, "zds_a": z1 * d1 * s2, "zds_b": s1 * z2 * d2,
     }
-    keys = list(table)
-    P = len(keys)
-    f = _stack_fn([table[k][0] for k in keys])
-    g = _stack_fn([table[k][1] for k in keys])
-    vals = expect2(f, g, np.full(P, Kaa), np.full(P, Kab), np.full(P, Kbb))
-    return dict(zip(keys, np.atleast_1d(vals)))
+    values = np.stack(list(products.values())) @ w                  # one matrix-vector product
+    return dict(zip(products, values.tolist()))
 
 
 def _four_sigma(act, K, idx, cache, pair_cache):
@@ -294,10 +286,14 @@ def _hermite4_contracted(M, V):
          + e("jk,ijkl->il", M, V) + e("jl,ijkl->ik", M, V) + e("kl,ijkl->ij", M, V))
     c = e("ij,kl,ijkl->", M, M, V) + e("ik,jl,ijkl->", M, M, V) + e("il,jk,ijkl->", M, M, V)
 
+    B = M.shape[0]
+    V2 = V.reshape(B * B, B * B)
+
     def q(z):
-        y = z @ M
-        quartic = e("...i,...j,...k,...l,ijkl->...", y, y, y, y, V, optimize="greedy")
-        return quartic - e("...i,ij,...j->...", y, A, y) + c
+        y = z @ M                                                    # [..., B]
+        yy = (y[..., :, None] * y[..., None, :]).reshape(*y.shape[:-1], B * B)
+        quartic = ((yy @ V2) * yy).sum(-1)                           # Σ V_ijkl y_i y_j y_k y_l as a matmul
+        return quartic - ((y @ A) * y).sum(-1) + c
     return q
 
 

@@ -53,7 +53,7 @@ import scipy.linalg
 
 from . import _checks
 
-__all__ = ["expect", "expect2", "expect_n", "quadrature_1d", "pairings", "wick_moment"]
+__all__ = ["expect", "expect2", "expect_n", "pair_rule", "quadrature_1d", "pairings", "wick_moment"]
 
 # Standardised radius beyond which the Gaussian weight is below e^{-50} ~ 2e-22.
 _R_MAX = 10.0
@@ -152,8 +152,8 @@ def _pair_factor(K11, K12, K22):
     return a, b, np.sqrt(c2)
 
 
-def _expect_pair(F: Callable, K11, K12, K22) -> np.ndarray:
-    """⟨F(z1, z2)⟩ for (z1, z2) ~ N(0, [[K11, K12], [K12, K22]]), F non-smooth only where z_i = 0."""
+def _pair_nodes(K11, K12, K22):
+    """Polar-rule nodes z1, z2 [S + (T, R)] and weights (w_θ [S + (T,)], w_r [R]) for a pair."""
     K11, K12, K22 = _checks.kernel_pair(K11, K12, K22)
     a, b, c = _pair_factor(K11, K12, K22)
     r, wr, x, wx = _polar_rule()
@@ -169,7 +169,22 @@ def _expect_pair(F: Callable, K11, K12, K22) -> np.ndarray:
     cos, sin = np.cos(theta), np.sin(theta)
     u1 = (a[..., None] * cos)[..., None]                            # S + (4nθ, 1)
     u2 = (b[..., None] * cos + c[..., None] * sin)[..., None]
-    z1, z2 = u1 * r, u2 * r                                         # S + (4nθ, Nr)
+    return u1 * r, u2 * r, wtheta, wr
+
+
+def pair_rule(K11: float, K12: float, K22: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nodes and weights of the two-variable rule behind :func:`expect2`, for one kernel.
+
+    Returns flat arrays ``z1, z2, w`` with Σ_p w_p F(z1_p, z2_p) ≈ ⟨F(z1, z2)⟩; useful when
+    many averages share one kernel (evaluate σ, σ' once, contract many products).
+    """
+    z1, z2, wtheta, wr = _pair_nodes(float(K11), float(K12), float(K22))
+    return z1.ravel(), z2.ravel(), np.multiply.outer(wtheta, wr).ravel()
+
+
+def _expect_pair(F: Callable, K11, K12, K22) -> np.ndarray:
+    """⟨F(z1, z2)⟩ for (z1, z2) ~ N(0, [[K11, K12], [K12, K22]]), F non-smooth only where z_i = 0."""
+    z1, z2, wtheta, wr = _pair_nodes(K11, K12, K22)
     vals = _as_output(F(z1, z2), z1.shape)
     out = np.einsum("...tr,...t,r->...", vals, wtheta, wr)
     return float(out) if out.ndim == 0 else out
