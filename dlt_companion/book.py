@@ -68,8 +68,16 @@ def _figures(nb):
                 yield base64.b64decode(png)
 
 
-def execute(source: Path, timeout: int = 1800):
-    """Read a chapter's MyST source with jupytext and execute it in ``chapters/``."""
+def execute(source: Path, timeout: int | None = None):
+    """Read a chapter's MyST source with jupytext and execute it in ``chapters/``.
+
+    ``timeout`` is per cell, in seconds: 30 minutes in quick mode (a hung cell, not a slow
+    one), none in full mode, where one book-size ensemble may run for an hour on a CPU.
+    """
+    from .notebook import scale
+
+    if timeout is None and scale() != "full":
+        timeout = 1800
     import jupytext
     from nbclient import NotebookClient
 
