@@ -157,3 +157,12 @@ def test_negative_variance_and_bad_covariances_raise():
         gaussian.expect_n(lambda z: z[..., 0], np.ones((2, 3)))
     with pytest.raises(ValueError, match="1 to 4"):
         gaussian.expect_n(lambda z: z[..., 0], np.eye(5))
+
+
+def test_pair_rule_is_the_rule_behind_expect2():
+    z1, z2, w = gaussian.pair_rule(1.0, 0.3, 2.0)
+    assert z1.shape == z2.shape == w.shape
+    assert w.sum() == pytest.approx(1.0, rel=1e-14)
+    assert (relu(z1) * relu(z2)) @ w == pytest.approx(arccos_kernel(1.0, 0.3, 2.0), rel=RTOL)
+    with pytest.raises(ValueError):
+        gaussian.pair_rule(1.0, 2.0, 1.0)
