@@ -204,7 +204,7 @@ def row_naive(ens, B, repeats, label, t_gemm=None) -> Row:
                 f"(GEMM + calls) / GEMM ≈ {(gemm + calls) / gemm:.1f}× from call overhead; the rest "
                 f"of the measured {ratio:.1f}× is the loop's single small GEMMs running below the "
                 f"batched rate. At this weight-bandwidth-bound shape the ratio tracks the machine's "
-                f"Python call cost rather than the ensemble code (row 1 is at the bmm rate); the "
+                f"Python call cost rather than the ensemble code (row 1 compares it with one bmm); the "
                 f"overhead-bound notebook shape is the row below")
     return Row(f"2 ({name}, {device.type}, {label})",
                f"ensemble forward ÷ loop over M nn.Sequential, M={M}, n={n}, L={L}, B={B}, {name}, "

@@ -32,7 +32,7 @@ Quadrature
 * **Four variables** (:func:`expect_n`): tensor-product Gauss–Hermite
   (:func:`numpy.polynomial.hermite_e.hermegauss`, 16 nodes per direction) after an
   eigen-factorisation of K: exact for polynomials of degree < 32 in each direction
-  and 1e-5–1e-3 for tanh, but only algebraically convergent for kinked integrands
+  and 1e-5 (|ρ| ≤ 0.5) to 1e-2 (ρ = 0.99) for tanh; only algebraically convergent for kinked integrands
   (~1e-3 relative for ReLU products). The split rule above reaches 1e-8 in four
   variables only with (2·16)^4 points (0.5 s a call), too slow for the flows' inner
   loops; prefer :func:`expect2` or three variables whenever fewer distinct inputs
