@@ -81,7 +81,8 @@ def test_mean_standard_error():
 
 def test_assert_agree_prints_on_success_and_raises_on_failure(capsys):
     z = stats.assert_agree("demo", [1.0, 2.0], [1.1, 1.9], [0.1, 0.1])
-    assert "✔ demo: 2 points, max |Δ|/σ = 1.0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "✔ demo: 2 points, max |Δ|/σ = 1.0, χ²/N = 1.00" in out and "p = 0.37" in out
     np.testing.assert_allclose(z, [1.0, -1.0])
     with pytest.raises(AssertionError, match="✘ demo"):
         stats.assert_agree("demo", [1.0], [2.0], [0.1])
@@ -100,3 +101,102 @@ def test_assert_agree_prints_on_success_and_raises_on_failure(capsys):
 def test_bad_inputs_raise_value_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("where", ["theory", "value", "stderr", "theory_err", "tol"])
+def test_assert_agree_fails_on_nan_anywhere(where):
+    args = dict(theory=[1.0, 2.0], value=[1.0, 2.0], stderr=[0.1, 0.1], theory_err=0.0, tol=4.0)
+    args[where] = np.nan if where in ("theory_err", "tol") else [1.0, np.nan]
+    with pytest.raises(ValueError, match="finite"):
+        stats.assert_agree("nan", **args)
+
+
+def test_assert_agree_fails_on_infinite_error_bar_that_would_hide_a_miss():
+    with pytest.raises(ValueError, match="finite"):
+        stats.assert_agree("inf", [1.0], [100.0], [np.inf])
+
+
+def test_assert_agree_fails_on_empty_input():
+    with pytest.raises(ValueError, match="no points|nothing to compare"):
+        stats.assert_agree("empty", [], [], [])
+
+
+def test_assert_agree_rejects_a_consistent_2_sigma_offset_over_many_points():
+    """No point exceeds 4σ, but 50 points all 2σ high give χ²/N = 4: p ≈ 1e-20."""
+    n = 50
+    theory = np.zeros(n)
+    with pytest.raises(AssertionError, match="systematic"):
+        stats.assert_agree("offset", theory, np.full(n, 0.2), np.full(n, 0.1))
+
+
+def test_assert_agree_accepts_honest_gaussian_scatter():
+    """1000 replicas of 40 unit-Gaussian points: the χ² criterion fails about 1 in 1000."""
+    rng = np.random.default_rng(7)
+    fails = 0
+    for _ in range(1000):
+        try:
+            stats.assert_agree("noise", 0.0, rng.normal(size=40), 1.0, quiet=True, tol=1e9)
+        except AssertionError:
+            fails += 1
+        except ValueError:
+            raise
+    assert fails <= 6
+
+
+def test_chi2_pvalue_matches_the_survival_function():
+    from scipy import stats as sps
+    z = np.array([1.0, -2.0, 0.5])
+    assert stats.chi2_pvalue(z) == pytest.approx(sps.chi2.sf(5.25, 3))
+
+
+@pytest.mark.parametrize("n_blocks", [0, 1, -3, 2.5, True])
+def test_jackknife_needs_at_least_two_blocks(n_blocks):
+    with pytest.raises(ValueError, match="n_blocks"):
+        stats.jackknife(np.arange(10.0), lambda m: m, n_blocks=n_blocks)
+
+
+def test_jackknife_of_the_mean_is_the_standard_error():
+    """For a linear estimator the delete-one jackknife equals the textbook standard error."""
+    x = np.random.default_rng(1).normal(size=37)
+    value, se = stats.jackknife(x, lambda m: m, n_blocks=37)
+    assert value == pytest.approx(x.mean())
+    assert se == pytest.approx(x.std(ddof=1) / np.sqrt(37), rel=1e-12)
+
+
+def test_estimates_are_typed_and_unpack_like_tuples():
+    est = stats.mean(np.arange(4.0))
+    assert isinstance(est, stats.Estimate)
+    value, se = est
+    assert value == est.value and se == est.stderr
+    assert est.replace(value=0.0).value == 0.0
+
+
+def test_covariance_of_the_mean_matches_the_standard_error_and_catches_correlation():
+    rng = np.random.default_rng(5)
+    common = rng.normal(size=(4000, 1))
+    x = common + 0.3 * rng.normal(size=(4000, 5))            # five strongly correlated "layers"
+    C = stats.covariance(x)
+    np.testing.assert_allclose(np.sqrt(np.diag(C)), stats.mean(x).stderr, rtol=1e-12)
+    corr = C[0, 1] / np.sqrt(C[0, 0] * C[1, 1])
+    assert corr == pytest.approx(1 / 1.09, abs=0.02)
+    est = stats.jackknife(x, lambda m: m ** 2)
+    Cj = stats.covariance(x, lambda m: m ** 2)
+    np.testing.assert_allclose(np.sqrt(np.diag(Cj)), est.stderr, rtol=1e-12)
+
+
+def test_correlated_chi2_accepts_a_common_fluctuation_and_rejects_a_real_offset():
+    """Five correlated points that all sit 2.5σ high because the ensemble drew a high common
+    mode are a 1-σ event for the correlated χ²; a true offset in one direction the common
+    mode cannot explain is rejected."""
+    sigma = 0.1
+    rho = 0.95
+    C = sigma ** 2 * (rho * np.ones((5, 5)) + (1 - rho) * np.eye(5))
+    value = np.full(5, 2.5 * sigma)
+    with pytest.raises(AssertionError, match="systematic"):
+        stats.assert_agree("independent", 0.0, value, sigma)
+    stats.assert_agree("correlated", 0.0, value, sigma, cov=C, quiet=True)
+    zigzag = 2.5 * sigma * np.array([1, -1, 1, -1, 1])
+    with pytest.raises(AssertionError):
+        stats.assert_agree("zigzag", 0.0, zigzag, sigma, cov=C, quiet=True)
+    with pytest.raises(ValueError, match=r"\[N, N\]"):
+        stats.assert_agree("shape", 0.0, value, sigma, cov=np.eye(4))
