@@ -158,8 +158,10 @@ def execute(source: Path, timeout: int | None = None, kernel_dir: str | None = N
         timeout = 1800
     nb = load(source)
     nb.metadata["kernelspec"] = kernelspec()
+    for cell in nb.cells:  # no per-run timestamps: a re-run changes only what the cells print
+        cell.metadata.pop("execution", None)
     with tempfile.TemporaryDirectory(prefix="dlt-kernel-", dir=kernel_dir) as folder:
-        client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL,
+        client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, record_timing=False,
                                 config=_kernel_config(folder),
                                 resources={"metadata": {"path": str(source.parent)}})
         client.execute()
