@@ -212,7 +212,10 @@ def run(only: str | None = None, inplace: bool = False, out: Path = ROOT / "buil
     if not inplace:
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.md").write_text(table + "\n", encoding="utf-8")
-        if site and only is None:
+        failed = [r.chapter for r in results if r.status != "ok"]
+        if site and only is None and failed:
+            print(f"site not built: {', '.join(failed)} failed", file=sys.stderr)
+        elif site and only is None:
             build_site(out / "notebooks", out / "site")
     return results
 
