@@ -247,11 +247,14 @@ def summary(results: list[Result]) -> str:
 # --- the static site -----------------------------------------------------------------------
 
 def chapter_map() -> str:
-    """The README's "Chapter map" section (heading, table and the paragraph after it)."""
+    """The README's "Chapter map" section: its heading, then from the table on (the lines
+    between them speak of the README itself)."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     start = text.index("## Chapter map")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end >= 0 else None].strip() + "\n"
+    heading, _, body = text[start:end if end >= 0 else None].partition("\n")
+    table = body.find("\n|")
+    return heading + "\n" + (body[table:] if table >= 0 else body).rstrip() + "\n"
 
 
 def stage_site(notebooks: Path, stage: Path) -> list[str]:
