@@ -109,9 +109,19 @@ def _real(value, what: str) -> float:
     return v
 
 
+def _real_array(a, what: str) -> np.ndarray:
+    a = np.asarray(a)
+    if np.iscomplexobj(a):
+        raise ValueError(f"{what} must be real, got complex values")
+    try:
+        return a.astype(float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be numbers, got {a!r}") from None
+
+
 def kernel_scalar(K, what: str = "K") -> np.ndarray:
     """One or many single-input kernel values K ≥ 0 (array of any shape)."""
-    K = np.asarray(K, dtype=float)
+    K = _real_array(K, what)
     if not np.all(np.isfinite(K)):
         raise ValueError(f"{what} must be finite, got {K!r}")
     if np.any(K < 0):
@@ -121,7 +131,7 @@ def kernel_scalar(K, what: str = "K") -> np.ndarray:
 
 def kernel_pair(K11, K12, K22):
     """Entries of one or many 2x2 kernels [[K11, K12], [K12, K22]]; checks PSD."""
-    K11, K12, K22 = np.broadcast_arrays(*(np.asarray(k, dtype=float) for k in (K11, K12, K22)))
+    K11, K12, K22 = np.broadcast_arrays(*(_real_array(k, "kernel entries") for k in (K11, K12, K22)))
     if not (np.all(np.isfinite(K11)) and np.all(np.isfinite(K12)) and np.all(np.isfinite(K22))):
         raise ValueError("kernel entries must be finite")
     if np.any(K11 < 0) or np.any(K22 < 0):
@@ -135,7 +145,7 @@ def kernel_pair(K11, K12, K22):
 
 def gram(K, what: str = "kernel") -> np.ndarray:
     """A symmetric positive semidefinite matrix of shape [B, B]."""
-    K = np.asarray(K, dtype=float)
+    K = _real_array(K, what)
     if K.ndim != 2 or K.shape[0] != K.shape[1]:
         raise ValueError(f"{what} must be a square [B, B] matrix, got shape {K.shape}")
     if not np.all(np.isfinite(K)):
