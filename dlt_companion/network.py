@@ -186,6 +186,16 @@ class MLP:
         return flows.run(self.act, self.C_b, self.C_W, self.first_layer_kernel(x), self.depth,
                          widths=self.widths, correction=correction)
 
+    def ntk_mean(self, x) -> np.ndarray:
+        """Infinite-width mean NTK Θ^{(l)} of inputs x for l = 1..L  (§8.1–8.3); [L, B, B].
+
+        Uses this description's per-layer C_b, C_W, λ_b, λ_W (and ξ, γ).
+        """
+        from . import flows
+        return flows.ntk_mean(self.act, self.C_b, self.C_W, self.lam_b, self.lam_W,
+                              self.first_layer_kernel(x), self.first_layer_ntk(x), self.depth,
+                              xi=self.xi, gamma=self.gamma)
+
     # -- experiment -------------------------------------------------------------------------
     def spec(self, dtype=None, device="cpu"):
         """The :class:`~dlt_companion.ensembles.EnsembleSpec` of this network (dtype default float64)."""
