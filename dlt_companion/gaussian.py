@@ -103,7 +103,12 @@ def _radial_rule(n_panels: int, per_panel: int, r_max: float) -> tuple[np.ndarra
 
 @lru_cache(maxsize=None)
 def quadrature_1d() -> tuple[np.ndarray, np.ndarray]:
-    """Nodes x > 0 and weights w with Σ_i w_i [f(x_i) + f(−x_i)] ≈ E f(ξ), ξ ~ N(0, 1)."""
+    """Nodes x > 0 and weights w with Σ_i w_i [f(x_i) + f(−x_i)] ≈ E f(ξ), ξ ~ N(0, 1)  (§1.1).
+
+    Returns
+    -------
+    x, w : read-only arrays [200]
+    """
     r, wr = _radial_rule(_N_PANELS, _PANEL_NODES, _R_MAX)
     w = wr * np.exp(-0.5 * r * r) / np.sqrt(2.0 * np.pi)
     w = w / (2.0 * w.sum())  # absorb the ~1e-23 tail so that constants are exact
@@ -145,7 +150,7 @@ def _as_output(values, shape) -> np.ndarray:
 
 
 def expect(f: Callable, K) -> np.ndarray | float:
-    """⟨f(z)⟩_K for a zero-mean Gaussian z with variance K (the book's ⟨·⟩_K).
+    """⟨f(z)⟩_K for a zero-mean Gaussian z with variance K (the book's ⟨·⟩_K, §1.1, §4.1).
 
     Parameters
     ----------
@@ -205,10 +210,17 @@ def _pair_nodes(K11, K12, K22):
 
 
 def pair_rule(K11: float, K12: float, K22: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nodes and weights of the two-variable rule behind :func:`expect2`, for one kernel.
+    """Nodes and weights of the two-variable rule behind :func:`expect2`, for one kernel  (§4.3).
 
-    Returns flat arrays ``z1, z2, w`` with Σ_p w_p F(z1_p, z2_p) ≈ ⟨F(z1, z2)⟩; useful when
-    many averages share one kernel (evaluate σ, σ' once, contract many products).
+    Parameters
+    ----------
+    K11, K12, K22 : float
+        Entries of a positive semidefinite 2x2 kernel.
+
+    Returns
+    -------
+    z1, z2, w : arrays [P]
+        Σ_p w_p F(z1_p, z2_p) ≈ ⟨F(z1, z2)⟩; useful when many averages share one kernel.
     """
     z1, z2, wtheta, wr = _pair_nodes(float(K11), float(K12), float(K22))
     return z1.ravel(), z2.ravel(), np.multiply.outer(wtheta, wr).ravel()
@@ -334,7 +346,7 @@ def expect_n(fn: Callable, K, nodes: int | None = None) -> float:
 
 
 def hermite4_contracted(M: np.ndarray, V: np.ndarray) -> Callable:
-    """z ↦ Σ_ijkl V_ijkl H_ijkl(z): the fourth Hermite tensor for K⁻¹ = M contracted with V.
+    """z ↦ Σ_ijkl V_ijkl H_ijkl(z): the fourth Hermite tensor for K⁻¹ = M contracted with V  (§4.5).
 
     H_ijkl(z) = y_i y_j y_k y_l − (six terms M_ij y_k y_l) + (three terms M_ij M_kl), y = M z,
     so that ⟨∂_i∂_j∂_k∂_l F⟩_K = ⟨F H_ijkl⟩_K (Stein's lemma applied four times). Contracting
@@ -406,9 +418,7 @@ class Averages:
         if _checked:                     # a kernel the recursions built: already a Gram matrix
             self.K = np.asarray(K, dtype=float)
         else:
-            scalar = np.ndim(K) == 0
-            self.K = (np.array([[float(_checks.kernel_scalar(K, "K"))]]) if scalar
-                      else _checks.gram(K, "K"))
+            self.K = _checks.scalar_or_gram(K, "K")[1]
         self.B = self.K.shape[0]
         self._rules: dict = {}
         self._values: dict = {}
@@ -417,7 +427,19 @@ class Averages:
 
     # -- node rules ---------------------------------------------------------------------------
     def rule(self, inputs: tuple) -> tuple[np.ndarray, np.ndarray]:
-        """Nodes z [P, s] and weights [P] for the distinct ``inputs`` (sorted tuple, s ≤ 4)."""
+        """Nodes z [P, s] and weights [P] of the quadrature over the distinct ``inputs``.
+
+        Parameters
+        ----------
+        inputs : tuple of int
+            Sorted distinct input indices, 1 to 4 of them.
+
+        Returns
+        -------
+        z : array [P, s]
+        weights : array [P]
+            Σ_p w_p F(z_p) ≈ ⟨F⟩ over the Gaussian of those inputs (module docstring).
+        """
         if inputs not in self._rules:
             sub = self.K[np.ix_(inputs, inputs)]
             s = len(inputs)
@@ -490,7 +512,7 @@ class Averages:
         return f
 
     def mean(self, inputs, orders=None) -> float:
-        """⟨Π_j σ^{(orders[j])}(z_{inputs[j]})⟩_K (orders default 0: σ itself).
+        """⟨Π_j σ^{(orders[j])}(z_{inputs[j]})⟩_K (orders default 0: σ itself)  (§4.3, §8.2).
 
         Parameters
         ----------
@@ -511,7 +533,18 @@ class Averages:
         return self._cache[ck]
 
     def tensor(self, orders) -> np.ndarray:
-        """T[a1, …, am] = ⟨Π_j σ^{(orders[j])}(z_{a_j})⟩_K for every assignment of inputs: [B]*m."""
+        """T[a1, …, am] = ⟨Π_j σ^{(orders[j])}(z_{a_j})⟩_K for every assignment of inputs  (Ch. 4, 8).
+
+        Parameters
+        ----------
+        orders : sequence of int
+            Derivative order 0..3 of each of the m slots, e.g. ``(1, 1, 0, 0)`` for
+            ⟨σ'_α1 σ'_α2 σ_α3 σ_α4⟩.
+
+        Returns
+        -------
+        array [B]*m
+        """
         orders = tuple(int(o) for o in orders)
         ck = ("tensor", orders)
         if ck not in self._cache:
@@ -522,10 +555,19 @@ class Averages:
         return self._cache[ck]
 
     def dK(self, orders) -> np.ndarray:
-        """∂T[a…]/∂K_cd for T = :meth:`tensor` (orders): array [B]*m + [B, B].
+        """∂T[a…]/∂K_cd for T = :meth:`tensor` (orders)  (§4.3; §5.1: the susceptibilities).
 
         Entries of K are independent variables here (Σ_cd dK[…, c, d] δK_cd is the change
         under a symmetric δK); Stein's lemma: ½⟨F (y_c y_d − M_cd)⟩ with y = K_S⁻¹ z.
+
+        Parameters
+        ----------
+        orders : sequence of int
+            As in :meth:`tensor`.
+
+        Returns
+        -------
+        array [B]*m + [B, B]
         """
         orders = tuple(int(o) for o in orders)
         ck = ("dK", orders)
@@ -544,10 +586,20 @@ class Averages:
         return self._cache[ck]
 
     def d2K(self, orders, V) -> np.ndarray:
-        """Σ_cdef ∂²T[a…]/∂K_cd∂K_ef V_cdef for T = :meth:`tensor` (orders): array [B]*m.
+        """Σ_cdef ∂²T[a…]/∂K_cd∂K_ef V_cdef for T = :meth:`tensor` (orders)  (§4.5).
 
-        V [B, B, B, B] must be symmetric under c↔d, e↔f and (cd)↔(ef) (as the four-point
-        vertex is); Stein's lemma: ¼⟨F Σ V H_cdef⟩ over the inputs S that F involves.
+        Stein's lemma: ¼⟨F Σ V H_cdef⟩ over the inputs S that F involves.
+
+        Parameters
+        ----------
+        orders : sequence of int
+            As in :meth:`tensor`.
+        V : array [B, B, B, B]
+            Symmetric under c↔d, e↔f and (cd)↔(ef), as the four-point vertex is.
+
+        Returns
+        -------
+        array [B]*m
         """
         orders = tuple(int(o) for o in orders)
         V = np.asarray(V, dtype=float)

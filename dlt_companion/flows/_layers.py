@@ -68,9 +68,7 @@ def width_ratios(widths, L: int) -> tuple[np.ndarray, tuple | None]:
 
 def initial_kernel(K1, what: str = "K1") -> tuple[bool, np.ndarray]:
     """(scalar?, K as a [B, B] Gram matrix) from a number or a matrix."""
-    if np.ndim(K1) == 0:
-        return True, np.array([[float(_checks.kernel_scalar(K1, what))]])
-    return False, _checks.gram(K1, what)
+    return _checks.scalar_or_gram(K1, what)
 
 
 def finite_width_act(act) -> Activation:
