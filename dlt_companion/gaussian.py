@@ -117,6 +117,16 @@ def quadrature_1d() -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=None)
+def _unit_rule_1d() -> tuple[np.ndarray, np.ndarray]:
+    """The folded rule as plain nodes ±x with weights (w, w): Σ w_p f(x_p) ≈ E f(ξ)."""
+    x, w = quadrature_1d()
+    z, wt = np.concatenate([x, -x]), np.concatenate([w, w])
+    z.setflags(write=False)
+    wt.setflags(write=False)
+    return z, wt
+
+
+@lru_cache(maxsize=None)
 def _polar_rule() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Radial nodes/weights for (1/2π)∫ r e^{-r²/2} dr, and reference arc nodes on [-1, 1]."""
     r, wr = _radial_rule(_N_PANELS, _PANEL_NODES, _R_MAX)
@@ -441,13 +451,14 @@ class Averages:
             Σ_p w_p F(z_p) ≈ ⟨F⟩ over the Gaussian of those inputs (module docstring).
         """
         if inputs not in self._rules:
-            sub = self.K[np.ix_(inputs, inputs)]
             s = len(inputs)
             if s == 1:
-                x, w = quadrature_1d()
-                r = np.sqrt(sub[0, 0]) * x
-                z, wt = np.concatenate([r, -r])[:, None], np.concatenate([w, w])
-            elif s == 2:
+                z0, wt = _unit_rule_1d()
+                z = (np.sqrt(self.K[inputs[0], inputs[0]]) * z0)[:, None]
+                self._rules[inputs] = (z, wt)
+                return z, wt
+            sub = self.K[np.ix_(inputs, inputs)]
+            if s == 2:
                 z1, z2, wt = pair_rule(sub[0, 0], sub[0, 1], sub[1, 1])
                 z = np.stack([z1, z2], axis=-1)
             elif s <= 4:
@@ -492,6 +503,11 @@ class Averages:
         return self._inverse[inputs]
 
     # -- averages -----------------------------------------------------------------------------
+    def _key(self, idx: tuple, orders: tuple):
+        """(distinct inputs, canonical slot key) for trusted integer tuples (no validation)."""
+        key = tuple(sorted(zip(idx, orders)))
+        return tuple(sorted(set(idx))), key
+
     def _slots(self, inputs, orders):
         inputs = tuple(int(a) for a in inputs)
         orders = (0,) * len(inputs) if orders is None else tuple(int(o) for o in orders)
@@ -550,7 +566,12 @@ class Averages:
         if ck not in self._cache:
             T = np.empty((self.B,) * len(orders))
             for idx in np.ndindex(*T.shape):
-                T[idx] = self.mean(idx, orders)
+                distinct, key = self._key(idx, orders)
+                mk = ("mean", key)
+                if mk not in self._cache:
+                    _, w = self.rule(distinct)
+                    self._cache[mk] = float(_dot(self._product(distinct, key), w))
+                T[idx] = self._cache[mk]
             self._cache[ck] = T
         return self._cache[ck]
 
@@ -575,13 +596,16 @@ class Averages:
             out = np.zeros((self.B,) * len(orders) + (self.B, self.B))
             done: dict = {}
             for idx in np.ndindex(*(self.B,) * len(orders)):
-                distinct, key = self._slots(idx, orders)
+                distinct, key = self._key(idx, orders)
                 if key not in done:
                     _, w = self.rule(distinct)
                     y, M = self._y(distinct)
                     wf = w * self._product(distinct, key)
                     done[key] = 0.5 * (np.einsum("pi,p,pj->ij", y, wf, y) - M * wf.sum())
-                out[idx + np.ix_(distinct, distinct)] = done[key]
+                if self.B == 1:
+                    out[idx] = done[key]
+                else:
+                    out[idx + np.ix_(distinct, distinct)] = done[key]
             self._cache[ck] = out
         return self._cache[ck]
 
@@ -608,9 +632,9 @@ class Averages:
         out = np.empty((self.B,) * len(orders))
         done: dict = {}
         for idx in np.ndindex(*out.shape):
-            distinct, key = self._slots(idx, orders)
+            distinct, key = self._key(idx, orders)
             if key not in done:
-                VS = V[np.ix_(distinct, distinct, distinct, distinct)]
+                VS = V if self.B == 1 else V[np.ix_(distinct, distinct, distinct, distinct)]
                 if not np.any(VS):
                     done[key] = 0.0
                     out[idx] = 0.0
