@@ -64,8 +64,24 @@ class Activation:
         """σ(z) on a numpy array."""
         return self.numpy[0](z)
 
+    def __reduce__(self):
+        # the functions are closures: pickle by registry name and parameters, so that an
+        # ensemble's spec can travel to worker processes (ensembles.map_networks(executor=))
+        return (_rebuild, (self.name, tuple(self.params.items())))
+
     def derivative(self, order: int = 1) -> Callable:
-        """The numpy function σ^{(order)}, order in 0..3."""
+        """The numpy function σ^{(order)}, order in 0..3  (§2.2 of [RY]).
+
+        Parameters
+        ----------
+        order : int
+            Derivative order 0..3.
+
+        Returns
+        -------
+        callable
+            Vectorised numpy function of z.
+        """
         if order not in (0, 1, 2, 3):
             raise ValueError(f"derivative order must be 0, 1, 2 or 3, got {order!r}")
         return self.numpy[order]
@@ -241,11 +257,20 @@ def _swish(beta: float = 1.0):
 _REGISTRY: dict[str, Callable[..., tuple]] = {}
 
 
-def register(name: str, builder: Callable[..., tuple]) -> None:
-    """Add an activation to the registry.
+def _rebuild(name: str, params: tuple) -> "Activation":
+    return get(name, **dict(params))
 
-    ``builder(**params)`` must return ``(numpy_fns, torch_fns, kinks, scale_invariant)``
-    where each ``*_fns`` is a 4-tuple (σ, σ', σ'', σ''').
+
+def register(name: str, builder: Callable[..., tuple]) -> None:
+    """Add an activation to the registry  (§2.2 of [RY] lists the book's).
+
+    Parameters
+    ----------
+    name : str
+        Registry name.
+    builder : callable
+        ``builder(**params)`` must return ``(numpy_fns, torch_fns, kinks, scale_invariant)``
+        where each ``*_fns`` is a 4-tuple (σ, σ', σ'', σ''').
     """
     _REGISTRY[name] = builder
 
@@ -267,7 +292,7 @@ for _name, _builder in {
 
 
 def names() -> list[str]:
-    """Names of all registered activations."""
+    """Names of all registered activations (§2.2 of [RY])."""
     return sorted(_REGISTRY)
 
 

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from dlt_companion import activations, ensembles, flows, gaussian, stats
-from dlt_companion.flows import _second_order_pair
 
 
 @pytest.mark.parametrize("act,C_W", [("linear", 1.0), ("relu", 2.0), ("leaky_relu", 1.5)])
@@ -13,9 +12,19 @@ def test_correction_vanishes_for_scale_invariant_single_input(act, C_W):
     np.testing.assert_allclose(flows.kernel_correction(act, 0.0, C_W, 1.3, 8), 0.0, atol=1e-13)
 
 
-def test_first_two_layers_have_no_correction():
-    Kc = flows.kernel_correction("tanh", 0.1, 1.5, 1.0, 5)
-    assert Kc[0] == 0.0 and Kc[1] == 0.0 and Kc[2] != 0.0
+def test_first_two_layers_have_no_correction_on_real_networks():
+    """G^{1(1)} = G^{1(2)} = 0 (layer 1 is Gaussian with a deterministic kernel, so layer 2's
+    metric is exactly K^{(2)} at any width): checked on width-3 tanh networks, where the
+    layer-3 correction is large enough to be resolved by the same data."""
+    x = np.array([[1.0, -0.5]])
+    f = flows.run("tanh", 0.1, 1.5, flows.first_layer_kernel(x, 0.1, 1.5)[0, 0], 3)
+    ens = ensembles.MLPEnsemble(2, [3, 3, 3], "tanh", 0.1, 1.5, n_networks=60_000, seed=11)
+    per_net = torch.stack([(z[:, 0] ** 2).mean(-1) for z in ens(x)], 1).numpy()
+    G, se = stats.mean(per_net)
+    stats.assert_agree("layers 1-2: metric = K (no 1/n correction)", f.K[:2], G[:2], se[:2], quiet=True)
+    assert abs(G[2] - f.K[2]) > 4 * se[2]                 # layer 3: the correction is there
+    stats.assert_agree("layer 3: K + G1/n", f.metric(3)[2], G[2], se[2], quiet=True)
+    assert f.K_corr[2] != 0.0
 
 
 def test_single_input_recursion_matches_finite_difference_of_quadrature():
@@ -35,7 +44,7 @@ def test_two_input_second_order_term_matches_finite_difference():
     f = lambda e: gaussian.expect2(np.tanh, np.tanh, *(K2 + e * E)[[0, 0, 1], [0, 1, 1]])
     h = 1e-3
     d2 = (f(h) - 2 * f(0.0) + f(-h)) / h ** 2
-    np.testing.assert_allclose(_second_order_pair(activations.get("tanh"), 1.0, K2, V2), 0.5 * d2, rtol=1e-5)
+    np.testing.assert_allclose(gaussian.Averages("tanh", K2).d2K((0, 0), V2)[0, 1], d2, rtol=1e-5)
 
 
 def test_multi_input_diagonal_equals_single_input():

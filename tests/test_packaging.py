@@ -33,6 +33,8 @@ def _name(spec: str) -> tuple[str, str]:
 
 
 def pyproject_requirements(extras=LOCK.EXTRAS) -> dict:
+    """Core dependencies plus the extras of the Binder/conda environment (notebooks, test);
+    the others (cluster, site, browser) are opt-in for pip users."""
     data = PYPROJECT["project"]
     specs = list(data["dependencies"])
     for extra in extras:
