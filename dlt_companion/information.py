@@ -375,6 +375,7 @@ def _info_from_density(g_grid: np.ndarray, pg: np.ndarray, n_A: int, n_B: int):
         f = _log_chi2_density(t, m)
         f = f / (f.sum() * h)
         conv = signal.fftconvolve(pg, f) * h
+        conv[conv < conv.max() * 1e-15] = 0.0   # FFT round-off
         return _entropy_on_grid(conv, h) - _entropy_on_grid(f, h)
     mi = I_g(n_A) + I_g(n_B) - I_g(n_A + n_B)
     # entropy of n_A neurons: S(z_A) = S(log r²) + (n_A/2) E[log r²] + log(area)/… via the radial law
@@ -490,7 +491,8 @@ def critical_relu_log_metric(n: int, layer: int) -> tuple[np.ndarray, np.ndarray
     for _ in range(layer - 2):
         out = signal.fftconvolve(out, f) * h
         grid0 += t[0]
-        keep = out > out.max() * 1e-18
+        keep = out > out.max() * 1e-13        # below: FFT round-off, which e^{2 log Ĝ} would amplify
+        out = np.where(keep, out, 0.0)
         first, last = np.argmax(keep), len(keep) - np.argmax(keep[::-1])
         out, grid0 = out[first:last], grid0 + first * h
     grid = grid0 + h * np.arange(out.size)
