@@ -47,7 +47,8 @@ __all__ = ["gaussian_entropy", "gaussian_mutual_information", "negentropy",
            "nearly_gaussian_entropy", "nearly_gaussian_mutual_information",
            "neuron_entropy_deficit", "neuron_mutual_information", "optimal_epsilon",
            "optimal_aspect_ratio", "nu", "ScaleMixtureInformation", "scale_mixture_information",
-           "critical_relu_log_metric", "knn_mutual_information"]
+           "critical_relu_log_metric", "knn_mutual_information", "stochastic_metric",
+           "entropy_estimate", "mixture_information_estimate"]
 
 #: grid spacing (in log Ĝ) of the exact scale-mixture quadrature
 GRID_STEP = 0.01
@@ -538,3 +539,131 @@ def knn_mutual_information(a, b, n_blocks: int = 10, k: int = 3, seed: int = 0):
     edges = np.linspace(0, a.size, n_blocks + 1).astype(int)
     parts = np.array([est(a[i:j], b[i:j]) for i, j in zip(edges[:-1], edges[1:])])
     return Estimate(full, float(parts.std(ddof=1) / np.sqrt(n_blocks)))
+
+
+def stochastic_metric(ens, x):
+    """Ĝ^{(l)} = C_b^{(l)} + C_W^{(l)} (1/n_{l−1}) Σ_j σ(z_j^{(l−1)})² of every network, l = 2..L  (§4.2, §A.3).
+
+    Given layer l−1, the preactivations of a plain layer l are exactly i.i.d. N(0, Ĝ^{(l)}) (one
+    input): this is the variance whose law fixes the information of the layer's neurons
+    (:func:`scale_mixture_information`). For a residual layer the conditional law is
+    N(γ z^{(l−1)}, ξ² Ĝ^{(l)}) instead, and this is not the output's law.
+
+    Parameters
+    ----------
+    ens : MLPEnsemble
+    x : array [1, n_0]
+        One input.
+
+    Returns
+    -------
+    torch tensor [M, L−1] (use inside :func:`dlt_companion.ensembles.map_networks`)
+    """
+    import torch
+
+    net = ens.net
+    x = np.asarray(x, dtype=float)
+    if x.shape != (1, net.n_in):
+        raise ValueError(f"stochastic_metric takes one input of shape [1, {net.n_in}], got {x.shape}")
+    sigma = net.act.torch[0]
+    zs = ens(x)
+    return torch.stack([net.C_b[l] + net.C_W[l] * (sigma(zs[l - 1][:, 0, :]) ** 2).mean(-1)
+                        for l in range(1, net.depth)], 1)
+
+
+def entropy_estimate(samples, n_blocks: int = 10):
+    """Differential entropy of one variable from samples, with a delete-a-block jackknife  (§A.1).
+
+    :func:`scipy.stats.differential_entropy` (Vasicek's spacing estimator) on all samples,
+    bias-corrected and given an error bar by leaving out each of ``n_blocks`` contiguous blocks
+    in turn (the spacing estimator's bias falls with the sample size, which the jackknife removes
+    to first order).
+
+    Parameters
+    ----------
+    samples : array [N] (independent draws, e.g. one output per network)
+    n_blocks : int ≥ 2
+
+    Returns
+    -------
+    stats.Estimate (nats)
+    """
+    from .stats import Estimate
+
+    x = np.asarray(samples, dtype=float).ravel()
+    if isinstance(n_blocks, bool) or not isinstance(n_blocks, (int, np.integer)) or n_blocks < 2:
+        raise ValueError(f"n_blocks must be an integer >= 2, got {n_blocks!r}")
+    if x.size < 50 * n_blocks or not np.all(np.isfinite(x)):
+        raise ValueError(f"need at least {50 * n_blocks} finite samples, got {x.size}")
+    full = float(sps.differential_entropy(x))
+    edges = np.linspace(0, x.size, n_blocks + 1).astype(int)
+    loo = np.array([sps.differential_entropy(np.concatenate([x[:i], x[j:]]))
+                    for i, j in zip(edges[:-1], edges[1:])])
+    G = n_blocks
+    value = G * full - (G - 1) * loo.mean()
+    return Estimate(float(value), float(np.sqrt((G - 1) / G * np.sum((loo - loo.mean()) ** 2))))
+
+
+def _influence(logG: np.ndarray, n_A: int, n_B: int) -> tuple[float, np.ndarray]:
+    """I(z_A; z_B) of the empirical law of log Ĝ and its influence function at every sample.
+
+    I = Σ_m ± S[p_g ∗ f_m] (+ constants), m ∈ {n_A, n_B, n_A + n_B}; the derivative of S[p_T] in the
+    direction δ_{g_j} − p_g is −∫ f_m(t − g_j) log p_T(t) dt − S[p_T] (a cross-correlation on the grid).
+    """
+    step = GRID_STEP
+    grid, pg = _grid_density(logG, np.full(logG.size, 1.0 / logG.size), step)
+    pg = pg / (pg.sum() * step)
+    lo = -60.0 if min(n_A, n_B) == 1 else -40.0
+    t = np.arange(lo, 6.0 + step / 2, step)
+    total, infl = 0.0, np.zeros(logG.size)
+    pos = (logG - grid[0]) / step
+    for m, sign in ((n_A, 1.0), (n_B, 1.0), (n_A + n_B, -1.0)):
+        f = _log_chi2_density(t, m)
+        f = f / (f.sum() * step)
+        conv = signal.fftconvolve(pg, f) * step
+        conv[conv < conv.max() * 1e-15] = 0.0
+        S = _entropy_on_grid(conv, step)
+        logp = np.log(np.maximum(conv / (conv.sum() * step), 1e-300))
+        c = signal.fftconvolve(logp, f[::-1], mode="valid") * step    # c[k] = ∫ f(t) log p_T(t + g_k)
+        total += sign * (S - _entropy_on_grid(f, step))
+        infl += sign * (-np.interp(pos, np.arange(c.size), c) - S)
+    return float(total), infl
+
+
+def mixture_information_estimate(G, n_A: int = 1, n_B: int = 1):
+    """Measured information of output neurons from measured Ĝ, with errors and covariance  (§A.3).
+
+    For each column of ``G`` (e.g. each layer) the exact I(z_A; z_B) of the *empirical* law of the
+    measured stochastic metric (:func:`scale_mixture_information`): the ensemble's neurons are exactly
+    conditionally Gaussian, so this is the information of the real networks, without expansion.
+    Errors by the delta method (the estimate's influence function at each network, the infinitesimal
+    jackknife): since all columns come from the same networks, their covariance is
+    cov(influence)/M, well conditioned for many correlated columns (pass it as ``cov=`` to
+    :func:`dlt_companion.stats.assert_agree`).
+
+    Parameters
+    ----------
+    G : array [M, P] > 0 (or [M])
+        Per-network Ĝ (M networks, P columns), e.g. from :func:`stochastic_metric`.
+    n_A, n_B : int ≥ 1
+
+    Returns
+    -------
+    (stats.Estimate, cov) : the information [P] with standard errors, and its [P, P] covariance
+    """
+    from .stats import Estimate
+
+    n_A, n_B = _checks.width(n_A, "n_A"), _checks.width(n_B, "n_B")
+    G = np.asarray(G, dtype=float)
+    if G.ndim == 1:
+        G = G[:, None]
+    if G.ndim != 2 or G.shape[0] < 10 or not np.all(np.isfinite(G)) or np.any(G <= 0):
+        raise ValueError(f"G must be [M, P] with M >= 10 finite values > 0, got shape {G.shape}")
+    vals, infl = [], []
+    for p in range(G.shape[1]):
+        v, i = _influence(np.log(G[:, p] / G[:, p].mean()), n_A, n_B)
+        vals.append(v)
+        infl.append(i)
+    infl = np.stack(infl, 1)
+    cov = np.atleast_2d(np.cov(infl, rowvar=False)) / G.shape[0]
+    return Estimate(np.array(vals), np.sqrt(np.diag(cov))), cov
