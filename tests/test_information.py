@@ -112,3 +112,42 @@ def test_bad_input_gets_clear_errors():
         info.scale_mixture_information(np.array([1.0, -1.0]))
     with pytest.raises(ValueError):
         info.knn_mutual_information(np.zeros(10), np.zeros(10))
+
+
+def test_mixture_information_estimate_errors_match_replica_spread():
+    vals, errs = [], []
+    for s in range(12):
+        rng = np.random.default_rng(s)
+        G = np.exp(0.4 * rng.standard_normal((3000, 2)))
+        est, cov = info.mixture_information_estimate(G)
+        assert cov.shape == (2, 2) and np.all(np.linalg.eigvalsh(cov) > 0)
+        vals.append(est.value[0])
+        errs.append(est.stderr[0])
+    assert np.std(vals, ddof=1) == pytest.approx(np.mean(errs), rel=0.5)
+    exact = info.scale_mixture_information(log_density=_lognormal(0.16)).mutual_information
+    assert abs(np.mean(vals) - exact) < 4 * np.std(vals, ddof=1) / np.sqrt(len(vals))
+
+
+def test_stochastic_metric_of_a_critical_relu_ensemble_has_the_exact_variance():
+    import dlt_companion as dlt
+    from dlt_companion import ensembles, stats
+
+    net = dlt.MLP(3, [8, 8, 8], "relu", C_W=2.0)
+    x = np.array([[1.0, -1.0, 0.5]])
+    G = ensembles.map_networks(lambda e: info.stochastic_metric(e, x), net.spec(), 20_000, seed=1)
+    K = net.first_layer_kernel(x)[0, 0]
+    mom = np.stack([G, G ** 2], -1)
+    est = stats.jackknife(mom, lambda m: np.concatenate([m[..., 0], m[..., 1] / m[..., 0] ** 2 - 1]))
+    theory = np.concatenate([[K, K], [(1 + 5 / 8) ** l - 1 for l in (1, 2)]])
+    stats.assert_agree("stochastic metric: mean K and eps = (1+5/n)^(l-1) - 1", theory, est.value,
+                       est.stderr, quiet=True)
+    with pytest.raises(ValueError, match="one input"):
+        ensembles.map_networks(lambda e: info.stochastic_metric(e, np.ones((2, 3))), net.spec(), 4)
+
+
+def test_entropy_estimate_of_gaussian_samples():
+    rng = np.random.default_rng(3)
+    est = info.entropy_estimate(2.0 * rng.standard_normal(20_000))
+    assert abs(est.value - 0.5 * np.log(2 * np.pi * np.e * 4.0)) < 4 * est.stderr
+    with pytest.raises(ValueError):
+        info.entropy_estimate(np.ones(10))
