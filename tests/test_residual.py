@@ -126,6 +126,8 @@ def test_bad_input_gets_clear_errors():
         residual.run("relu", 0.0, 2.0, 1.0, 3, xi=np.nan, gamma=0.5)
     with pytest.raises(ValueError, match="gamma"):
         residual.run("relu", 0.0, 2.0, 1.0, 3, xi=1.0, gamma=(0.0, 0.5))
+    with pytest.raises(ValueError, match="skip connection needs"):
+        residual.run("relu", 0.0, 2.0, 1.0, 3, xi=0.6, gamma=0.8, widths=[8, 16])
     with pytest.raises(ValueError, match="up to 8 inputs"):
         residual.run("relu", 0.0, 2.0, np.eye(9), 3, xi=0.6, gamma=0.8)
     with pytest.raises(ValueError, match="one input"):

@@ -215,6 +215,11 @@ def run(act, C_b, C_W, K1, depth: int, xi=1.0, gamma=0.0, widths=None,
         gamma = (0.0,) + (float(_checks.real(gamma, "gamma")),) * (depth - 1)
     xi, gamma = _couplings(depth, xi, gamma)
     ratios, w = _layers.width_ratios(widths, depth)
+    if w is not None:
+        for l in range(1, min(depth, len(w))):          # layer l+1 maps width w[l-1] to w[l]
+            if gamma[l] != 0.0 and w[l] != w[l - 1]:
+                raise ValueError(f"layer {l + 1} has a skip connection (gamma = {gamma[l]}) but changes "
+                                 f"width {w[l - 1]} -> {w[l]}; a skip connection needs n_l = n_(l-1)")
     scalar, K1 = _layers.initial_kernel(K1)
     if K1.shape[0] > _layers.MAX_INPUTS:
         raise ValueError(f"the finite-width flows support up to {_layers.MAX_INPUTS} inputs "
