@@ -45,9 +45,10 @@ from . import stats as _stats
 from .activations import get as _get_act
 from .gaussian import expect, expect_n
 
-__all__ = ["nngp_kernel", "gp_posterior", "log_evidence", "log_evidence_scan", "FiniteWidthPosterior", "finite_width_posterior",
-           "finite_width_log_evidence", "representation_shift", "log_likelihood",
-           "effective_sample_size", "posterior_average", "SINGULAR_RTOL"]
+__all__ = ["nngp_kernel", "gp_posterior", "log_evidence", "log_evidence_scan", "FiniteWidthPosterior",
+           "finite_width_posterior", "finite_width_log_evidence", "representation_shift", "log_likelihood",
+           "effective_sample_size", "posterior_average", "log_evidence_estimate", "pack_moments",
+           "posterior_moments", "SINGULAR_RTOL"]
 
 #: a training kernel whose smallest eigenvalue is below this fraction of its largest is
 #: treated as singular when ``noise = 0``
@@ -685,3 +686,72 @@ def posterior_average(log_w, values, estimator=None, n_blocks: int | None = None
     value, err = _stats.jackknife(packed, ratio, n_blocks)
     cov = _stats.covariance(packed, lambda m: ratio(m).ravel(), n_blocks)
     return _stats.Estimate(value, err), cov
+
+
+def log_evidence_estimate(log_w, n_blocks: int | None = None) -> _stats.Estimate:
+    """log p(y) = log E_prior[p(y | network)] from a prior ensemble, with a jackknife error.
+
+    Parameters
+    ----------
+    log_w : array [M]
+        log p(y | network m) for networks drawn from the prior (:func:`log_likelihood`).
+    n_blocks : int, optional
+        Jackknife blocks.
+
+    Returns
+    -------
+    Estimate
+        log of the mean likelihood and its standard error.
+    """
+    lw = np.asarray(log_w, dtype=float).ravel()
+    if lw.size < 2 or not np.all(np.isfinite(lw)):
+        raise ValueError("log_w must hold at least two finite log-likelihoods")
+    top = lw.max()
+    value, err = _stats.jackknife(np.exp(lw - top)[:, None], lambda m: np.log(m[0]) + top, n_blocks)
+    return _stats.Estimate(float(value), float(err))
+
+
+def pack_moments(mean, cov) -> np.ndarray:
+    """One vector of posterior moments: the P means, then the upper triangle of the [P, P] covariance.
+
+    ``mean`` may be [N_B] or [N_B, n_out] and ``cov`` [N_B, N_B] or [N_B, n_out, N_B, n_out]
+    (as :meth:`FiniteWidthPosterior.mean` / ``.cov`` return them); the (input, component)
+    pairs are flattened in row-major order, P = N_B · n_out. The same layout as
+    :func:`posterior_moments`, so theory and measurement compare entry by entry.
+    """
+    m = np.asarray(mean, dtype=float).ravel()
+    P = m.size
+    c = np.asarray(cov, dtype=float).reshape(P, P)
+    return np.concatenate([m, c[np.triu_indices(P)]])
+
+
+def posterior_moments(log_w, z_test, n_blocks: int | None = None) -> tuple[_stats.Estimate, np.ndarray]:
+    """Posterior means and covariance of test outputs from a reweighted prior ensemble.
+
+    Parameters
+    ----------
+    log_w : array [M]
+        Log importance weights (:func:`log_likelihood` of each network's training outputs).
+    z_test : array [M, N_B] or [M, N_B, n_out]
+        Each network's outputs on the test inputs.
+    n_blocks : int, optional
+        Jackknife blocks.
+
+    Returns
+    -------
+    (Estimate, cov)
+        The moments packed as in :func:`pack_moments` with jackknife errors, and their
+        jackknife covariance (for ``stats.assert_agree(cov=...)``).
+    """
+    z = _stats._np(z_test)
+    M = z.shape[0]
+    z = z.reshape(M, -1)
+    P = z.shape[1]
+    iu = np.triu_indices(P)
+    values = np.concatenate([z, (z[:, :, None] * z[:, None, :]).reshape(M, -1)], axis=1)
+
+    def moments(m):
+        mu = m[:P]
+        second = m[P:].reshape(P, P)
+        return np.concatenate([mu, (second - np.outer(mu, mu))[iu]])
+    return posterior_average(log_w, values, moments, n_blocks)
