@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlt_companion import activations, ensembles, flows, stats
+from dlt_companion import activations, ensembles, flows, gaussian, stats
 from test_gaussian import arccos_kernel
 
 
@@ -69,3 +69,71 @@ def test_kernel_matches_a_wide_tanh_ensemble():
 def test_bad_arguments_raise_clear_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         flows.kernel(**kwargs)
+
+
+def test_per_layer_hyperparameters_equal_a_hand_iteration():
+    C_b, C_W = (0.0, 0.2, 0.1, 0.3), (1.0, 1.5, 0.9, 2.0)
+    K = flows.kernel("tanh", C_b, C_W, 0.7, 4)
+    hand = [0.7]
+    for l in range(1, 4):
+        hand.append(C_b[l] + C_W[l] * gaussian.expect(lambda z: np.tanh(z) ** 2, hand[-1]))
+    np.testing.assert_allclose(K, hand, rtol=1e-13)
+    # scalars are the same as constant sequences, and layer 1's entries are unused
+    np.testing.assert_allclose(flows.kernel("tanh", 0.1, 1.5, 0.7, 4),
+                               flows.kernel("tanh", (9.0, 0.1, 0.1, 0.1), (9.0, 1.5, 1.5, 1.5), 0.7, 4))
+
+
+def test_divergence_names_the_layer_instead_of_overflowing():
+    with pytest.raises(ValueError, match=r"diverged at layer \d+"):
+        flows.run("relu", 0.0, 3.0, 1.0, 2000)
+    with pytest.raises(ValueError, match=r"kernel diverged at layer \d+"):
+        flows.kernel("relu", 0.0, 3.0, 1.0, 2000)
+
+
+def test_absurd_depths_are_refused_with_the_cost():
+    with pytest.raises(ValueError, match="minutes"):
+        flows.kernel("tanh", 0.0, 1.0, 1.0, 10**9)
+
+
+def test_many_inputs_kernel_is_chunked_and_matches_pairwise():
+    x = np.random.default_rng(0).normal(size=(90, 3))
+    K1 = flows.first_layer_kernel(x, 0.1, 1.0)
+    K = flows.kernel("relu", 0.1, 2.0, K1, 2)[1]
+    i, j = 3, 71
+    want = 0.1 + 2.0 * gaussian.expect2(lambda z: np.maximum(z, 0), lambda z: np.maximum(z, 0),
+                                        K1[i, i], K1[i, j], K1[j, j])
+    assert K[i, j] == pytest.approx(want, rel=1e-13)
+
+
+def test_flow_metadata_errors_are_explicit():
+    f = flows.run("tanh", 0.1, 1.5, 1.0, 4, widths=[8, 16, 8])
+    with pytest.raises(ValueError, match="without n"):
+        f.metric(8)
+    f.metric()                                              # the widths are known
+    g = flows.run("tanh", 0.1, 1.5, np.eye(2), 3, correction=False)
+    assert g.K_corr is None
+    with pytest.raises(ValueError, match="correction=False"):
+        g.metric(8)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda: flows.first_layer_kernel(np.ones((2, 0)), 0.0, 1.0), "n_0 >= 1"),
+    (lambda: flows.first_layer_kernel(np.ones((2, 3)) * 1j, 0.0, 1.0), "real"),
+    (lambda: flows.kernel("tanh", 0.0, 1.0, 1.0 + 0.5j, 3), "real"),
+    (lambda: flows.kernel("tanh", 0.0, 1.0, np.eye(2) * (1 + 1j), 3), "real"),
+    (lambda: flows.kernel("tanh", 0.0, [1.0, 1.0], 1.0, 3), "length 3"),
+    (lambda: flows.run("tanh", 0.0, 1.0, np.eye(9), 3), "up to 8"),
+])
+def test_hostile_flow_calls_raise_value_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        bad()
+
+
+def test_five_inputs_vertex_restricts_to_the_four_input_one():
+    """B = 5 works (four-input subsets on the split rule); marginalization: restricting the
+    five-input V to inputs 0..3 gives the four-input V."""
+    x = np.random.default_rng(1).normal(size=(5, 3))
+    K1 = flows.first_layer_kernel(x, 0.1, 1.0)
+    V5 = flows.vertex("tanh", 0.1, 1.2, K1, 3)
+    V4 = flows.vertex("tanh", 0.1, 1.2, K1[:4, :4], 3)
+    np.testing.assert_allclose(V5[:, :4, :4, :4, :4], V4, rtol=1e-12, atol=1e-15)

@@ -71,7 +71,7 @@ def test_depth_100_single_input_flow_is_fast():
 
 @pytest.mark.parametrize("bad", [
     dict(act="perceptron"), dict(C_W=-1.0), dict(C_b=-0.1), dict(K1=0.0), dict(depth=0),
-    dict(widths=[8, 8]), dict(K1=np.eye(5)), dict(act="nope")])
+    dict(widths=[8, 8]), dict(K1=np.eye(9)), dict(act="nope")])
 def test_bad_inputs_raise_value_error(bad):
     args = dict(act="tanh", C_b=0.0, C_W=1.0, K1=1.0, depth=5) | bad
     with pytest.raises(ValueError):

@@ -38,7 +38,8 @@ def test_four_point_includes_all_three_pairings():
     expected = K[0, 1] * K[2, 2] + 2 * K[0, 2] * K[1, 2]
     assert gaussian.wick_moment((0, 1, 2, 2), K) == pytest.approx(expected, rel=1e-14)
     # a "neighbour pairing only" answer would differ
-    assert abs(gaussian.wick_moment((0, 1, 2, 2), K) - K[0, 1] * K[2, 2]) > 0.1
+    assert gaussian.wick_moment((0, 1, 2, 2), K) - K[0, 1] * K[2, 2] == pytest.approx(
+        2 * K[0, 2] * K[1, 2], abs=1e-14)                      # the two crossed pairings, −0.1
 
 
 def test_wick_matches_quadrature_for_six_point():
