@@ -33,6 +33,7 @@ whose outputs are conditioned (equal hidden widths: the width).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import numbers
 from dataclasses import dataclass
@@ -53,6 +54,25 @@ __all__ = ["nngp_kernel", "gp_posterior", "log_evidence", "log_evidence_scan", "
 #: a training kernel whose smallest eigenvalue is below this fraction of its largest is
 #: treated as singular when ``noise = 0``
 SINGULAR_RTOL = 1e-12
+
+
+def _one_blas_thread(fn):
+    """Run ``fn`` with single-threaded BLAS/LAPACK (via threadpoolctl, a scikit-learn dependency).
+
+    The dense factorisations here are of a few hundred inputs at most; measured on the shared
+    2-core development machine under load, a threaded OpenBLAS ``eigh`` of a 300×300 kernel
+    took 4 s against 0.13 s on one thread (threads spin while waiting for a busy core).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:                                  # pragma: no cover - optional speed-up
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 # --------------------------------------------------------------------------
@@ -137,7 +157,7 @@ _CLOSED_FORMS = {"relu": _relu_pairs, "erf": _erf_pairs, "linear": lambda K: K}
 
 
 def nngp_kernel(act, C_b: float, C_W: float, x, depth: int) -> np.ndarray:
-    """The output kernel K^{(L)} of many inputs, for Gaussian-process regression  (§4.1, §6.3 of [RY]).
+    """The kernels K^{(l)} of many inputs, for Gaussian-process regression  (§4.1, §6.3 of [RY]).
 
     The recursion K^{(l+1)} = C_b + C_W ⟨σσ⟩_{K^{(l)}} of :func:`dlt_companion.flows.kernel`,
     with the pair averages in closed form where one exists: the arc-cosine kernel for ReLU,
@@ -158,8 +178,8 @@ def nngp_kernel(act, C_b: float, C_W: float, x, depth: int) -> np.ndarray:
 
     Returns
     -------
-    array [B, B]
-        K^{(L)}.
+    array [depth, B, B]
+        K^{(l)} for l = 1..L (entry l−1), as :func:`dlt_companion.flows.kernel` returns it.
     """
     from . import flows
 
@@ -168,11 +188,15 @@ def nngp_kernel(act, C_b: float, C_W: float, x, depth: int) -> np.ndarray:
     K = flows.first_layer_kernel(x, C_b, C_W)
     pairs = _CLOSED_FORMS.get(act.name) if not act.params else None
     if pairs is None:
-        return flows.kernel(act, C_b, C_W, K, depth)[-1]
-    for _ in range(depth - 1):
+        return flows.kernel(act, C_b, C_W, K, depth)
+    out = np.empty((depth,) + K.shape)
+    out[0] = K
+    for l in range(1, depth):
         K = C_b + C_W * pairs(K)
-    return 0.5 * (K + K.T)
+        out[l] = K = 0.5 * (K + K.T)
+    return out
 
+@_one_blas_thread
 def gp_posterior(K, y, n_train: int, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The infinite-width (NNGP) posterior on the test inputs  (§6.3 of [RY]).
 
@@ -211,6 +235,7 @@ def gp_posterior(K, y, n_train: int, noise: float = 0.0) -> tuple[np.ndarray, np
     return (mean[:, 0] if flat else mean), cov
 
 
+@_one_blas_thread
 def log_evidence(K_train, y, noise: float = 0.0) -> float:
     """log p(y) of the infinite-width prior, summed over output components  (§6.2–6.3 of [RY]).
 
@@ -239,6 +264,7 @@ def log_evidence(K_train, y, noise: float = 0.0) -> float:
     return -0.5 * quad - 0.5 * n_out * (logdet + K.shape[0] * np.log(2.0 * np.pi))
 
 
+@_one_blas_thread
 def log_evidence_scan(K_train, y, noises) -> np.ndarray:
     """:func:`log_evidence` for many noise variances at once (one eigendecomposition of K).
 
@@ -290,9 +316,10 @@ class FiniteWidthPosterior:
     mean_G1, mean_V : arrays [N_B, n_out]
     cov_inf : array [N_B, N_B]
         Infinite-width posterior covariance (the same for every component).
-    cov_1 : array [N_B, n_out, N_B, n_out]
-        Coefficient of 1/n in the covariance of (test input, component) pairs; unlike the
-        infinite-width one it couples components through the observed targets.
+    cov_G1, cov_V : arrays [N_B, n_out, N_B, n_out]
+        The metric-correction and four-point-vertex parts of the coefficient of 1/n in the
+        covariance of (test input, component) pairs (property ``cov_1`` is their sum); unlike
+        the infinite-width covariance the vertex part couples components through the targets.
     squeeze : bool
         y was one-dimensional: :meth:`mean` returns [N_B] and :meth:`cov` [N_B, N_B].
     """
@@ -301,7 +328,8 @@ class FiniteWidthPosterior:
     mean_G1: np.ndarray
     mean_V: np.ndarray
     cov_inf: np.ndarray
-    cov_1: np.ndarray
+    cov_G1: np.ndarray
+    cov_V: np.ndarray
     squeeze: bool = False
 
     def replace(self, **changes) -> "FiniteWidthPosterior":
@@ -311,6 +339,11 @@ class FiniteWidthPosterior:
     @property
     def mean_1(self) -> np.ndarray:
         return self.mean_G1 + self.mean_V
+
+    @property
+    def cov_1(self) -> np.ndarray:
+        """Coefficient of 1/n in the covariance, [N_B, n_out, N_B, n_out]."""
+        return self.cov_G1 + self.cov_V
 
     @property
     def n_out(self) -> int:
@@ -378,6 +411,7 @@ def _residualize(V: np.ndarray, R: np.ndarray, nA: int) -> np.ndarray:
     return out
 
 
+@_one_blas_thread
 def finite_width_posterior(K, V, y, n_train: int, G1=None, noise: float = 0.0) -> FiniteWidthPosterior:
     """The posterior of a finite-width network's outputs on test inputs, to O(1/n)  (§6.4 of [RY]).
 
@@ -444,11 +478,12 @@ def finite_width_posterior(K, V, y, n_train: int, G1=None, noise: float = 0.0) -
     cov_V = (0.5 * np.einsum("bcae,ae,ij->bicj", V_BBAA, Q, eye)
              + np.einsum("bace,ai,ej->bicj", V_BABA, yh, yh)
              - np.einsum("bace,ae,ij->bicj", V_BABA, g, eye))
-    cov_1 = cov_V + np.einsum("bc,ij->bicj", cov_G1, eye)
-    cov_1 = 0.5 * (cov_1 + cov_1.transpose(2, 3, 0, 1))
-    return FiniteWidthPosterior(mean_inf, mean_G1, mean_V, cov_inf, cov_1, squeeze=flat)
+    cov_V = 0.5 * (cov_V + cov_V.transpose(2, 3, 0, 1))
+    cov_G1 = np.einsum("bc,ij->bicj", 0.5 * (cov_G1 + cov_G1.T), eye)
+    return FiniteWidthPosterior(mean_inf, mean_G1, mean_V, cov_inf, cov_G1, cov_V, squeeze=flat)
 
 
+@_one_blas_thread
 def finite_width_log_evidence(K_train, V_train, y, G1_train=None, noise: float = 0.0
                               ) -> tuple[float, float]:
     """log p(y) of the nearly-Gaussian prior to O(1/n): (infinite-width value, 1/n coefficient)  (§6.4).

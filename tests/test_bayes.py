@@ -103,7 +103,8 @@ def test_log_evidence_of_a_linear_model_is_the_marginal_likelihood_of_its_weight
 def test_nngp_kernel_closed_forms_equal_the_quadrature_recursion(act):
     x = _inputs(4, 3, seed=3)
     K = bayes.nngp_kernel(act, 0.2, 1.4, x, 4)
-    ref = flows.kernel(act, 0.2, 1.4, flows.first_layer_kernel(x, 0.2, 1.4), 4)[-1]
+    ref = flows.kernel(act, 0.2, 1.4, flows.first_layer_kernel(x, 0.2, 1.4), 4)
+    assert K.shape == (4, 4, 4)
     np.testing.assert_allclose(K, ref, rtol=1e-10, atol=1e-12)
 
 
