@@ -32,6 +32,8 @@ Taking expectations gives closed recursions for all correlators:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import special
 
@@ -52,7 +54,7 @@ def _widths_depth(widths) -> list:
 
 
 def two_point(G1, depth: int, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
-    """Exact metric G^{(l)} = E[z_{i;α} z_{i;β}] of a deep linear network, l = 1..depth (§3.1–3.2).
+    """Exact metric G^{(l)} = E[z_{i;α} z_{i;β}] of a deep linear network, l = 1..depth (§3.1–3.2 of [RY]).
 
     Iterates G^{(l+1)} = C_b + C_W G^{(l)}, valid at any width. At criticality
     (C_b = 0, C_W = 1) the metric is the same in every layer; C_W > 1 makes it explode
@@ -80,7 +82,7 @@ def two_point(G1, depth: int, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
 
 
 def four_point(G1, widths, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
-    """Exact F^{(l)}_{(αβ)(γδ)} = E[z_{i;α} z_{i;β} z_{j;γ} z_{j;δ}] (i ≠ j) of a deep linear network (§3.3).
+    """Exact F^{(l)}_{(αβ)(γδ)} = E[z_{i;α} z_{i;β} z_{j;γ} z_{j;δ}] (i ≠ j) of a deep linear network (§3.3 of [RY]).
 
     Equivalently E[Ĝ^{(l)}_{αβ} Ĝ^{(l)}_{γδ}] for the conditional covariance Ĝ of layer l.
     Exact at any (also unequal) widths; see the module docstring for the recursion.
@@ -116,9 +118,18 @@ def four_point(G1, widths, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
 
 
 def four_point_same_neuron(G1, widths, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
-    """Exact E[z_{i;α} z_{i;β} z_{i;γ} z_{i;δ}] (one neuron) = F_(αβ)(γδ) + F_(αγ)(βδ) + F_(αδ)(βγ) (§3.3).
+    """Exact E[z_{i;α} z_{i;β} z_{i;γ} z_{i;δ}] (one neuron) = F_(αβ)(γδ) + F_(αγ)(βδ) + F_(αδ)(βγ) (§3.3 of [RY]).
 
-    Returns [L] (scalar G1: E[z⁴]) or [L, B, B, B, B].
+    Parameters
+    ----------
+    G1 : float or array [B, B]
+        First-layer metric.
+    widths : sequence of int (n_1, …, n_L)
+    C_b, C_W : float
+
+    Returns
+    -------
+    array [L] (scalar G1: E[z⁴]) or [L, B, B, B, B].
     """
     F = four_point(G1, widths, C_b, C_W)
     if F.ndim == 1:
@@ -129,11 +140,21 @@ def four_point_same_neuron(G1, widths, C_b: float = 0.0, C_W: float = 1.0) -> np
 def vertex(G1, widths, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
     """The four-point vertex V^{(l)}_{(αβ)(γδ)} = n_{l−1} (F^{(l)} − G^{(l)} ⊗ G^{(l)}) of a deep linear network.
 
-    In the book's normalisation (§3.3, §4.3) the connected four-point function of layer l is
-    (1/n_{l−1}) [δ_{i1i2}δ_{i3i4} V_{(α1α2)(α3α4)} + two other pairings]; V^{(1)} = 0.
-    Exact at finite width (for l ≥ 2 it uses n_{l−1} = widths[l−2]).
+    In the book's normalisation (§3.3, §4.3 of [RY]) the connected four-point function of
+    layer l is (1/n_{l−1}) [δ_{i1i2}δ_{i3i4} V_{(α1α2)(α3α4)} + two other pairings];
+    V^{(1)} = 0 (the first layer is Gaussian). Exact at finite width (for l ≥ 2 it uses
+    n_{l−1} = widths[l−2]).
 
-    Returns [L] or [L, B, B, B, B].
+    Parameters
+    ----------
+    G1 : float or array [B, B]
+        First-layer metric.
+    widths : sequence of int (n_1, …, n_L)
+    C_b, C_W : float
+
+    Returns
+    -------
+    array [L] or [L, B, B, B, B]; entry l−1 is V^{(l)}.
     """
     ns = _widths_depth(widths)
     F = four_point(G1, ns, C_b, C_W)
@@ -146,7 +167,7 @@ def vertex(G1, widths, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
 
 
 def four_point_closed_form(G1, n: int, depth: int, C_W: float = 1.0) -> np.ndarray:
-    """Closed-form solution of the four-point recursion for C_b = 0 and equal widths n (§3.3).
+    """Closed-form solution of the four-point recursion for C_b = 0 and equal widths n (§3.3 of [RY]).
 
     Splitting F into its fully symmetric part S = F_(αβ)(γδ) + F_(αγ)(βδ) + F_(αδ)(βγ) and the
     rest, each layer multiplies S by C_W²(1 + 2/n) and F − S/3 by C_W²(1 − 1/n), so
@@ -156,7 +177,18 @@ def four_point_closed_form(G1, n: int, depth: int, C_W: float = 1.0) -> np.ndarr
 
     with S^{(1)} = G_αβ G_γδ + G_αγ G_βδ + G_αδ G_βγ from the first-layer metric G = G^{(1)}.
 
-    Returns [depth] for scalar G1, or [depth, B, B, B, B].
+    Parameters
+    ----------
+    G1 : float or array [B, B]
+        First-layer metric.
+    n : int
+        The common width of every layer.
+    depth : int
+    C_W : float
+
+    Returns
+    -------
+    array [depth] for scalar G1, or [depth, B, B, B, B].
     """
     G, scalar = _gram_or_scalar(G1)
     n, depth = _checks.width(n, "n"), _checks.depth(depth)
@@ -169,7 +201,7 @@ def four_point_closed_form(G1, n: int, depth: int, C_W: float = 1.0) -> np.ndarr
 
 
 def fourth_moment(K1, widths, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
-    """Exact E[(z^{(l)}_i)⁴] for one input, every layer l = 1..L (§3.3).
+    """Exact E[(z^{(l)}_i)⁴] for one input, every layer l = 1..L (§3.3 of [RY]).
 
     For C_b = 0: 3 C_W^{2(l−1)} K1² Π_{l'=1}^{l−1} (1 + 2/n_{l'}).
 
@@ -190,10 +222,16 @@ def fourth_moment(K1, widths, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
 
 
 def fourth_moment_leading(K1, widths, C_W: float = 1.0) -> np.ndarray:
-    """The 1/n-truncated E[z⁴] = 3 C_W^{2(l−1)} K1² (1 + Σ_{l'<l} 2/n_{l'}), C_b = 0 (§3.3).
+    """The 1/n-truncated E[z⁴] = 3 C_W^{2(l−1)} K1² (1 + Σ_{l'<l} 2/n_{l'}), C_b = 0 (§3.3 of [RY]).
 
     For equal widths this is 3K²(1 + 2(l−1)/n): correct to first order in 1/n but
     missing every (l/n)^k, k ≥ 2, term of the exact product (1 + 2/n)^{l−1}.
+
+    Parameters
+    ----------
+    K1 : float, first-layer kernel
+    widths : sequence of int (n_1, …, n_L)
+    C_W : float
 
     Returns
     -------
@@ -214,35 +252,46 @@ def _m(m) -> int:
 
 
 def moment_2m(K1, widths, m: int, C_W: float = 1.0) -> np.ndarray:
-    """Exact E[(z^{(l)}_i)^{2m}] for one input and C_b = 0, every layer (§3.4).
+    """Exact E[(z^{(l)}_i)^{2m}] for one input and C_b = 0, every layer (§3.4 of [RY]).
 
     (2m−1)!! (C_W^{l−1} K1)^m Π_{l'=1}^{l−1} Π_{k=1}^{m−1} (1 + 2k/n_{l'}). At fixed width the
     ratio to the Gaussian value grows exponentially with depth, faster for larger m; with
-    l/n fixed it tends to exp(m(m−1) l/n).
+    l/n fixed it tends to exp(m(m−1) l/n). The double factorial is an exact integer
+    (E[z⁴⁰] = 39!! K²⁰ ≈ 3.2·10²³ K²⁰ at layer 1), converted to float once; the result
+    overflows to ``inf`` only beyond float range, which raises.
 
     Parameters
     ----------
-    K1 : float
+    K1 : float ≥ 0
+        First-layer kernel C_W x·x/n_0.
     widths : sequence of int (n_1, …, n_L)
     m : int ≥ 1
-    C_W : float
+        Half the order of the moment.
+    C_W : float > 0
 
     Returns
     -------
     array [L]
+        E[z^{2m}] at layers 1..L.
     """
     K1 = float(_checks.kernel_scalar(K1, "K1"))
     ns = _widths_depth(widths)
     m, C_W = _m(m), _checks.C_W(C_W)
-    per_layer = np.array([np.prod([1.0 + 2.0 * k / n for k in range(1, m)]) for n in ns[:-1]])
-    growth = np.concatenate([[1.0], np.cumprod(per_layer)])
+    k = np.arange(1, m)
     l = np.arange(1, len(ns) + 1)
-    double_fact = float(np.prod(np.arange(2 * m - 1, 0, -2))) if m > 1 else 1.0
-    return double_fact * (C_W ** (l - 1) * K1) ** m * growth
+    double_fact = float(math.prod(range(2 * m - 1, 0, -2)))     # exact integer, then float
+    with np.errstate(over="ignore", invalid="ignore"):
+        per_layer = np.array([np.prod(1.0 + 2.0 * k / n) for n in ns[:-1]])
+        growth = np.concatenate([[1.0], np.cumprod(per_layer)])
+        out = double_fact * (C_W ** (l - 1) * K1) ** m * growth
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"E[z^{2 * m}] exceeds the float range (about 1.8e308) at layer "
+                         f"{int(np.argmax(~np.isfinite(out))) + 1}; use a smaller m, depth or K1")
+    return out
 
 
 def log_kernel_moments(K1, widths, C_W: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Exact mean and variance of log Ĝ^{(l)}_emp, the log of one network's empirical kernel (§3.4).
+    """Exact mean and variance of log Ĝ^{(l)}_emp, the log of one network's empirical kernel (§3.4 of [RY]).
 
     Ĝ^{(l)}_emp = (1/n_l) Σ_i (z^{(l)}_i)² for one input, C_b = 0. It is a product of
     independent scaled chi-squares, Ĝ_emp^{(l)} = C_W^{l−1} K1 Π_{l'=1}^{l} χ²_{n_{l'}}/n_{l'}, so
@@ -252,6 +301,12 @@ def log_kernel_moments(K1, widths, C_W: float = 1.0) -> tuple[np.ndarray, np.nda
 
     with ψ the digamma function. The typical network's kernel exp(E log Ĝ) shrinks like
     e^{−l/n} even at criticality, while the mean stays C_W^{l−1} K1.
+
+    Parameters
+    ----------
+    K1 : float > 0, first-layer kernel
+    widths : sequence of int (n_1, …, n_L)
+    C_W : float
 
     Returns
     -------
