@@ -351,7 +351,7 @@ def fixed_points(act, C_b: float, C_W: float, K_range=(1e-6, 1e6), n_grid: int =
         slope = C_W * 0.5 * (ap ** 2 + am ** 2)          # f(K) = C_b + slope K
         if abs(slope - 1.0) <= _LINEAR_TOL:
             return (FixedPoint(None, C_b, C_W, slope, slope, 0.0, "marginal", "none"),) if C_b == 0 else ()
-        K = C_b / (1.0 - slope)
+        K = C_b / (1.0 - slope) + 0.0          # + 0.0: no negative zero
         if K < 0:
             return ()
         return (classify_fixed_point(act, C_b, C_W, K),)
