@@ -18,6 +18,20 @@ def width(n, what: str = "width") -> int:
     return int(n)
 
 
+def seed(value, what: str = "seed") -> int:
+    """A non-negative integer seed (1.7 is an error, not 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def index(value, what: str = "index") -> int:
+    """A non-negative integer index (0.5 is an error, not 0)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def widths(ns, what: str = "widths") -> list[int]:
     """A non-empty sequence of positive integer widths."""
     try:
@@ -49,6 +63,33 @@ def C_b(value, what: str = "C_b") -> float:
     return v
 
 
+def real(value, what: str) -> float:
+    """A finite real number."""
+    return _real(value, what)
+
+
+def per_layer(value, L: int, what: str, check) -> tuple:
+    """A number (the same for every layer) or a sequence of one value per layer, as a tuple of L.
+
+    Entry l−1 is layer l's value; each entry passes ``check(value, name)``.
+    """
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"{what} must be a number or a sequence of {L} numbers, got {value!r}")
+    if np.ndim(value) == 0:
+        return (check(value, what),) * L
+    try:
+        values = list(np.asarray(value, dtype=object).ravel()) if np.ndim(value) == 1 else None
+    except (TypeError, ValueError):
+        values = None
+    if values is None:
+        raise ValueError(f"{what} must be a number or a flat sequence of {L} numbers (one per "
+                         f"layer), got an array of shape {np.shape(value)}")
+    if len(values) != L:
+        raise ValueError(f"{what} must be a number or a sequence of one value per layer "
+                         f"(length {L}), got length {len(values)}")
+    return tuple(check(v, f"{what}[{i}]") for i, v in enumerate(values))
+
+
 def nonnegative(value, what: str) -> float:
     v = _real(value, what)
     if v < 0:
@@ -57,6 +98,8 @@ def nonnegative(value, what: str) -> float:
 
 
 def _real(value, what: str) -> float:
+    if isinstance(value, (complex, np.complexfloating)) or isinstance(value, bool):
+        raise ValueError(f"{what} must be a real number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):

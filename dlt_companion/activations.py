@@ -64,6 +64,11 @@ class Activation:
         """σ(z) on a numpy array."""
         return self.numpy[0](z)
 
+    def __reduce__(self):
+        # the functions are closures: pickle by registry name and parameters, so that an
+        # ensemble's spec can travel to worker processes (ensembles.map_networks(executor=))
+        return (_rebuild, (self.name, tuple(self.params.items())))
+
     def derivative(self, order: int = 1) -> Callable:
         """The numpy function σ^{(order)}, order in 0..3."""
         if order not in (0, 1, 2, 3):
@@ -239,6 +244,10 @@ def _swish(beta: float = 1.0):
 
 
 _REGISTRY: dict[str, Callable[..., tuple]] = {}
+
+
+def _rebuild(name: str, params: tuple) -> "Activation":
+    return get(name, **dict(params))
 
 
 def register(name: str, builder: Callable[..., tuple]) -> None:

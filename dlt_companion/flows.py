@@ -79,34 +79,46 @@ def _sigma_sigma(act: Activation, K: np.ndarray) -> np.ndarray:
     return out
 
 
-def kernel(act, C_b: float, C_W: float, K1, depth: int) -> np.ndarray:
+def kernel(act, C_b, C_W, K1, depth: int, xi=1.0, gamma=0.0) -> np.ndarray:
     """The infinite-width kernel K^{(l)} for layers l = 1..depth  (§4.1, §4.3 of [RY]).
+
+    K^{(l+1)} = C_b^{(l+1)} + C_W^{(l+1)} ⟨σσ⟩_{K^{(l)}}; for residual layers (App. B)
+    K^{(l+1)} = γ^{(l+1)2} K^{(l)} + ξ^{(l+1)2} (C_b^{(l+1)} + C_W^{(l+1)} ⟨σσ⟩_{K^{(l)}}).
 
     Parameters
     ----------
     act : str or Activation
         Activation σ (registry name or object from :func:`dlt_companion.activations.get`).
-    C_b, C_W : float
-        Bias and weight variances of layers 2..depth (C_b ≥ 0, C_W > 0).
+    C_b, C_W : float or sequence of ``depth`` floats
+        Bias (≥ 0) and weight (> 0) variances, a number for every layer or one per layer
+        (entry l−1 for layer l; layer 1's entries are unused since K1 is given).
     K1 : float or array [B, B]
         First-layer kernel: a number for one input, or the Gram matrix of B inputs
-        (see :func:`first_layer_kernel`).
+        (see :func:`first_layer_kernel` or :meth:`dlt_companion.network.MLP.first_layer_kernel`).
     depth : int
         Number of layers L ≥ 1.
+    xi, gamma : float or sequence of ``depth`` floats
+        Residual couplings (App. B); default ξ = 1, γ = 0 (the plain MLP).
 
     Returns
     -------
     array [depth] for scalar K1, or [depth, B, B] for a Gram matrix; entry l−1 is K^{(l)}.
     """
     act = get(act)
-    C_b, C_W = _checks.C_b(C_b), _checks.C_W(C_W)
     depth = _checks.depth(depth)
+    C_b = _checks.per_layer(C_b, depth, "C_b", _checks.C_b)
+    C_W = _checks.per_layer(C_W, depth, "C_W", _checks.C_W)
+    xi = _checks.per_layer(xi, depth, "xi", _checks.real)
+    gamma = _checks.per_layer(gamma, depth, "gamma", _checks.real)
     scalar = np.ndim(K1) == 0
     K = np.array([[_checks.kernel_scalar(K1, "K1")]]) if scalar else _checks.gram(K1, "K1")
     out = np.empty((depth,) + K.shape)
     out[0] = K
     for layer in range(1, depth):
-        K = C_b + C_W * _sigma_sigma(act, K)
+        new = C_b[layer] + C_W[layer] * _sigma_sigma(act, K)
+        if xi[layer] != 1.0 or gamma[layer] != 0.0:
+            new = gamma[layer] ** 2 * K + xi[layer] ** 2 * new
+        K = new
         out[layer] = K
     return out[:, 0, 0] if scalar else out
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# extras that only pip users opt into (not part of the Binder/conda environment)
+OPTIONAL_ONLY = {"cluster"}
 
 
 def _name(spec: str) -> tuple[str, str]:
@@ -17,8 +19,9 @@ def _name(spec: str) -> tuple[str, str]:
 def pyproject_requirements() -> dict:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     specs = list(data["dependencies"])
-    for extra in data["optional-dependencies"].values():
-        specs += extra
+    for name, extra in data["optional-dependencies"].items():
+        if name not in OPTIONAL_ONLY:
+            specs += extra
     return dict(_name(s) for s in specs)
 
 

@@ -139,7 +139,7 @@ def test_default_chunk_follows_the_memory_budget(monkeypatch):
     assert ensembles.default_chunk(spec, 4) == preferred // BLOCK * BLOCK
     assert ensembles.default_chunk(spec, 4, n_networks=10) == 10   # never more than needed
     monkeypatch.setenv("DLT_MEMORY_MB", "0.0001")
-    assert ensembles.default_chunk(spec) == BLOCK              # floor: one block
+    assert ensembles.default_chunk(spec) == 1                  # the budget wins over the block size
     for bad in ("lots", "-5", "0", "nan"):
         monkeypatch.setenv("DLT_MEMORY_MB", bad)
         with pytest.raises(ValueError, match="DLT_MEMORY_MB"):
@@ -216,3 +216,84 @@ def test_benchmark_quick_smoke(tmp_path):
     assert set(book) == {"5 (00_initialization)", "5 (99_slow)"}          # total row skipped
     assert "| met |" in book["5 (00_initialization)"]
     assert "**not met**" in book["5 (99_slow)"] and "15 s over" in book["5 (99_slow)"]
+
+
+def test_a_huge_network_draws_a_small_block_not_thirty_two():
+    """A 4096² layer is 64 MiB in float32: its block shrinks so that one network does not
+    draw 31 others (2 GiB); small networks keep the pinned 32-network blocks."""
+    big = EnsembleSpec.build(4096, [4096], "relu", 0.0, 2.0, dtype=torch.float32)
+    assert big.block * 4 * 4096 * 4096 <= ensembles.BLOCK_BYTES and big.block < BLOCK
+    assert _spec().block == BLOCK
+
+
+def _square_output(ens):                      # module level: process pools pickle it
+    return ens.output(torch.ones(2, 5, dtype=ens.spec.dtype)) ** 2
+
+
+def test_executor_results_are_identical_to_the_serial_run():
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing as mp
+    spec = _spec()
+    serial = ensembles.map_networks(_square_output, spec, 150, seed=4, chunk=40)
+    mean, err = ensembles.stream_mean(_square_output, spec, 150, seed=4, chunk=40)
+    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as pool:
+        farmed = ensembles.map_networks(_square_output, spec, 150, seed=4, chunk=40, executor=pool)
+        fmean, ferr = ensembles.stream_mean(_square_output, spec, 150, seed=4, chunk=40,
+                                            executor=pool)
+    np.testing.assert_array_equal(farmed, serial)
+    np.testing.assert_array_equal(fmean, mean)
+    np.testing.assert_array_equal(ferr, err)
+
+
+def test_dask_executor_matches_the_serial_run():
+    distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed "
+                                      "(pip install 'dlt-companion[cluster]')")
+    spec = _spec()
+    serial = ensembles.stream_mean(_square_output, spec, 100, seed=2, chunk=30)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        farmed = ensembles.stream_mean(_square_output, spec, 100, seed=2, chunk=30,
+                                       executor=client.get_executor())
+    np.testing.assert_array_equal(farmed.value, serial.value)
+    np.testing.assert_array_equal(farmed.stderr, serial.stderr)
+
+
+def test_map_networks_can_differentiate_the_networks_of_a_chunk():
+    spec = _spec()
+    x = torch.ones(1, 5, dtype=torch.float64)
+
+    def grad_norm(ens):                          # autograd inside fn needs grad=True
+        W = ens.weights[0].requires_grad_(True)
+        out = ens.output(x).sum()
+        (g,) = torch.autograd.grad(out, W)
+        W.requires_grad_(False)
+        return g.flatten(1).norm(dim=1)
+    got = ensembles.map_networks(grad_norm, spec, 40, seed=0, grad=True)
+    assert got.shape == (40,) and np.all(got > 0)
+    with pytest.raises(RuntimeError):
+        ensembles.map_networks(grad_norm, spec, 40, seed=0)        # default: no_grad
+
+
+def test_an_ensemble_too_large_for_memory_is_refused_with_its_size():
+    with pytest.raises(ValueError, match=r"GiB.*stream"):
+        MLPEnsemble(5, [64, 64, 1], "tanh", 0.0, 1.0, n_networks=10**9)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(seed=1.7), "seed"), (dict(seed=-1), "seed"), (dict(first=0.5), "first"),
+    (dict(n_networks=0), "n_networks"), (dict(C_W=0.0), "C_W"), (dict(C_b=-1.0), "C_b"),
+    (dict(widths=[4, -2]), "widths"), (dict(act="relux"), "unknown activation"),
+    (dict(C_W=[1.0, 2.0]), "length 3"), (dict(C_W=1 + 2j), "real"),
+])
+def test_bad_ensemble_arguments_raise_value_errors(kw, match):
+    args = dict(n_in=5, widths=[7, 6, 3], act="tanh", C_b=0.2, C_W=1.5, n_networks=4, seed=0)
+    args.update(kw)
+    with pytest.raises(ValueError, match=match):
+        MLPEnsemble(**args)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        EnsembleSpec.build(5, [3], "tanh", 0.0, 1.0, device="cuda")

@@ -1,0 +1,182 @@
+"""The empirical neural tangent kernel of real networks, for a whole ensemble at once.
+
+With the book's learning-rate tensor (§7.2, §8.0 of [RY]: λ_b^{(l)} for the biases and
+λ_W^{(l)}/n_{l−1} for the weights of layer l) the NTK of the layer-l preactivations is
+
+    Ĥ^{(l)}_{i1i2;α1α2} = Σ_μ λ_μ (∂z^{(l)}_{i1;α1}/∂θ_μ)(∂z^{(l)}_{i2;α2}/∂θ_μ),
+
+summed over the parameters θ_μ of layers 1..l. It is a random object at initialization
+(Chapter 8 computes its statistics) and governs the first-order change of the outputs
+under one gradient-descent step (§7.2).
+
+Two exact ways to compute it, both batched over the M networks (no Python loop over
+networks) and cross-checked in the tests against :func:`torch.func.jacrev`:
+
+* :func:`empirical_ntk` — Jacobian contraction. For each layer k ≤ l let
+  g^{(k)}_{α} = ∂z^{(l)}_α/∂z^{(k)}_α ([n_l, n_k] per input, by the chain rule
+  g^{(k)} = g^{(k+1)} (ξ^{(k+1)} W^{(k+1)} diag σ'(z^{(k)}) + γ^{(k+1)} 1)); since
+  ∂z^{(k)}_j/∂b^{(k)}_j = ξ^{(k)} and ∂z^{(k)}_j/∂W^{(k)}_{jm} = ξ^{(k)} σ^{(k−1)}_m,
+  layer k contributes ξ^{(k)2} [λ_b^{(k)} + (λ_W^{(k)}/n_{k−1}) σ^{(k−1)}_{α1}·σ^{(k−1)}_{α2}]
+  (g^{(k)}_{α1} g^{(k)ᵀ}_{α2}) (σ^{(0)} = x). Cheapest for one layer with few outputs.
+* :func:`ntk_by_layer` — the book's forward equation (§8.0),
+  Ĥ^{(l+1)} = ξ² δ_{i1i2}[λ_b + (λ_W/n_l) σ_{α1}·σ_{α2}] + J_{α1} Ĥ^{(l)} J_{α2}ᵀ with
+  J_α = ξ W diag σ'(z^{(l)}_α) + γ 1, giving every layer's NTK in one pass.
+
+[RY] D. A. Roberts, S. Yaida, B. Hanin, *The Principles of Deep Learning Theory*,
+Cambridge University Press (2022), arXiv:2106.10165.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _checks
+from .ensembles import MLPEnsemble
+
+__all__ = ["empirical_ntk", "ntk_by_layer", "learning_rates"]
+
+
+def learning_rates(ens: MLPEnsemble, lam_b=None, lam_W=None) -> tuple[tuple, tuple]:
+    """Per-layer (λ_b^{(l)}, λ_W^{(l)}) for an ensemble: the arguments, or its description's  (§7.2).
+
+    Parameters
+    ----------
+    ens : MLPEnsemble
+    lam_b, lam_W : float ≥ 0, sequence of L, or None
+        None takes the value of ``ens.net`` (default 1.0 for every layer).
+
+    Returns
+    -------
+    lam_b, lam_W : tuples of L floats (the weights' rate is λ_W^{(l)}/n_{l−1}).
+    """
+    if not isinstance(ens, MLPEnsemble):
+        raise ValueError(f"ens must be an MLPEnsemble, got {type(ens).__name__}")
+    L = ens.depth
+    b = ens.net.lam_b if lam_b is None else _checks.per_layer(lam_b, L, "lam_b", _checks.nonnegative)
+    w = ens.net.lam_W if lam_W is None else _checks.per_layer(lam_W, L, "lam_W", _checks.nonnegative)
+    return b, w
+
+
+def _layer(ens: MLPEnsemble, layer) -> int:
+    if layer is None:
+        return ens.depth
+    layer = _checks.width(layer, "layer")
+    if layer > ens.depth:
+        raise ValueError(f"layer must be in 1..{ens.depth} (the network's depth), got {layer}")
+    return layer
+
+
+def _activations(ens: MLPEnsemble, x, l: int):
+    """x [B, n0], preactivations z^{(1..l)} [M, B, n_k], and σ'(z^{(1..l−1)})."""
+    x = ens._inputs(x)
+    zs = ens.forward(x)[:l]
+    return x, zs
+
+
+def empirical_ntk(ens: MLPEnsemble, x, lam_b=None, lam_W=None, layer: int | None = None) -> torch.Tensor:
+    """The NTK Ĥ^{(l)}_{i1i2;α1α2} of every network of an ensemble  (§7.2, §8.0 of [RY]).
+
+    Parameters
+    ----------
+    ens : MLPEnsemble
+        M networks (parameters are read, not changed).
+    x : array or tensor [B, n_0]
+        Inputs.
+    lam_b, lam_W : float, sequence of L, or None
+        Learning rates: λ_b^{(k)} for the biases of layer k and λ_W^{(k)}/n_{k−1} for its
+        weights. None: the ensemble description's (``ens.net.lam_b``, default 1.0).
+    layer : int, optional
+        Which layer's preactivations (1..L; default the output layer L). The NTK of layer l
+        sums over the parameters of layers 1..l.
+
+    Returns
+    -------
+    tensor [M, n_l, n_l, B, B]
+        Ĥ[m, i1, i2, α1, α2] in the ensemble's dtype and device.
+
+    Notes
+    -----
+    Jacobian contraction (module docstring): cost M·B·n_l·Σ_k n_k n_{k+1} for the
+    Jacobians plus M·B²·n_l²·Σ_k n_k for the contraction, memory M·B·n_l·max n_k.
+    """
+    l = _layer(ens, layer)
+    lam_b, lam_W = learning_rates(ens, lam_b, lam_W)
+    net = ens.net
+    x, zs = _activations(ens, x, l)
+    M, B = zs[0].shape[0], x.shape[0]
+    n_l = net.widths[l - 1]
+    act = net.act
+    eye = torch.eye(n_l, dtype=zs[0].dtype, device=zs[0].device)
+    g = eye.expand(M, B, n_l, n_l)                        # ∂z^{(l)}/∂z^{(l)} per input
+    H = torch.zeros(M, n_l, n_l, B, B, dtype=zs[0].dtype, device=zs[0].device)
+    for k in range(l, 0, -1):                              # layer k = l, l-1, ..., 1
+        prev = x.expand(M, B, x.shape[1]) if k == 1 else act.torch[0](zs[k - 2])   # σ^{(k-1)}
+        overlap = torch.einsum("mak,mbk->mab", prev, prev)                         # [M, B, B]
+        factor = net.xi[k - 1] ** 2 * (lam_b[k - 1] + lam_W[k - 1] / net.fan_in[k - 1] * overlap)
+        gg = torch.einsum("maik,mbjk->mijab", g, g)                                # [M, n, n, B, B]
+        H += gg * factor[:, None, None]
+        if k > 1:                                          # g^{(k-1)} = g^{(k)} ∂z^{(k)}/∂z^{(k-1)}
+            W = ens.weights[k - 1]                                                 # [M, n_k, n_{k-1}]
+            d = act.torch[1](zs[k - 2])                                            # [M, B, n_{k-1}]
+            new = net.xi[k - 1] * torch.matmul(g, W[:, None]) * d[:, :, None, :]
+            if net.gamma[k - 1] != 0.0:
+                new = new + net.gamma[k - 1] * g
+            g = new
+    return H
+
+
+def _sandwich(J: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """[M, B, B, n, n]: J_α H_{αβ} J_βᵀ for J [M, B, n, n'] and H [M, B, B, n', n'], as two bmm's."""
+    M, B, n, k = J.shape
+    # left: rows of H_{αβ} by J_α, for all β at once -> [M, B(α), n, B(β), k]
+    left = torch.bmm(J.reshape(M * B, n, k), H.permute(0, 1, 3, 2, 4).reshape(M * B, k, B * k))
+    left = left.reshape(M, B, n, B, k).permute(0, 3, 1, 2, 4)          # [M, β, α, n, k]
+    # right: columns by J_β -> [M, β, α, n, n]
+    right = torch.bmm(left.reshape(M * B, B * n, k), J.reshape(M * B, n, k).transpose(1, 2))
+    return right.reshape(M, B, B, n, n).permute(0, 2, 1, 3, 4)
+
+
+def ntk_by_layer(ens: MLPEnsemble, x, lam_b=None, lam_W=None) -> list[torch.Tensor]:
+    """The NTK of every layer, Ĥ^{(1)}, …, Ĥ^{(L)}, by the forward equation  (§8.0 of [RY]).
+
+    Ĥ^{(1)} = δ_{i1i2}[λ_b^{(1)} + λ_W^{(1)} x_{α1}·x_{α2}/n_0] (deterministic), and
+    Ĥ^{(l+1)} = ξ² δ_{i1i2}[λ_b + (λ_W/n_l) σ_{α1}·σ_{α2}] + J_{α1} Ĥ^{(l)} J_{α2}ᵀ with
+    J_α = ξ^{(l+1)} W^{(l+1)} diag σ'(z^{(l)}_α) + γ^{(l+1)} 1.
+
+    Parameters
+    ----------
+    ens, x, lam_b, lam_W : as in :func:`empirical_ntk`
+
+    Returns
+    -------
+    list of L tensors [M, n_l, n_l, B, B]
+
+    Notes
+    -----
+    Cost M·B²·Σ_l 2 n_l² n_{l+1} and memory M·B²·n_l² per layer: the natural choice when
+    every layer's NTK is wanted (Chapter 8); for the output layer alone
+    :func:`empirical_ntk` is cheaper.
+    """
+    lam_b, lam_W = learning_rates(ens, lam_b, lam_W)
+    net = ens.net
+    x, zs = _activations(ens, x, ens.depth)
+    M, B = zs[0].shape[0], x.shape[0]
+    kw = dict(dtype=zs[0].dtype, device=zs[0].device)
+    out = []
+    prev = x.expand(M, B, x.shape[1])
+    H = None                                               # [M, B, B, n, n] while iterating
+    for k in range(1, ens.depth + 1):
+        n = net.widths[k - 1]
+        overlap = torch.einsum("mak,mbk->mab", prev, prev)
+        diag = net.xi[k - 1] ** 2 * (lam_b[k - 1] + lam_W[k - 1] / net.fan_in[k - 1] * overlap)
+        new = diag[..., None, None] * torch.eye(n, **kw)
+        if H is not None:
+            d = net.act.torch[1](zs[k - 2])                                        # [M, B, n_{k-1}]
+            J = net.xi[k - 1] * ens.weights[k - 1][:, None] * d[:, :, None, :]    # [M, B, n_k, n_{k-1}]
+            if net.gamma[k - 1] != 0.0:
+                J = J + net.gamma[k - 1] * torch.eye(n, **kw)
+            new = new + _sandwich(J, H)
+        H = new
+        out.append(H.permute(0, 3, 4, 1, 2))
+        prev = net.act.torch[0](zs[k - 1])
+    return out
