@@ -145,3 +145,34 @@ def test_multi_input_connected_four_point_on_networks():
 def test_bad_input_raises(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("act", ["linear", "relu", "leaky_relu"])
+def test_chain_moments_against_simulated_chains(act):
+    """E[Ĝ^m] of scale-invariant networks by sampling the per-layer factors directly."""
+    from dlt_companion import activations
+    a = activations.get(act)
+    ap, am = a.scale_invariant
+    C_W, n, L, M = 2.0 / (ap ** 2 + am ** 2), 6, 4, 400_000
+    rng = np.random.default_rng(7)
+    u = rng.standard_normal((M, L - 1, n))
+    fac = C_W * np.where(u > 0, ap * u, am * u) ** 2
+    G = np.concatenate([np.ones((M, 1)), np.cumprod(fac.mean(-1), axis=1)], axis=1)
+    theory = linear.chain_moments([n] * L, 3, act)
+    for m in (1, 2, 3):
+        value, err = stats.mean(G[:, 1:] ** m)                 # layer 1: Ĝ = K1 exactly
+        stats.assert_agree(f"{act} E[G^{m}]", theory[1:, m], value, err, quiet=True)
+    assert np.allclose(linear.chain_moments([n] * L, 2, "relu")[:, 2], (1 + 5 / n) ** np.arange(L))
+
+
+def test_mean_estimator_skewness_against_simulation():
+    n, L, M, R = 4, 3, 200, 4000
+    rng = np.random.default_rng(11)
+    G = np.concatenate([np.ones((R, M, 1)), np.cumprod(rng.chisquare(n, (R, M, L - 1)) / n, axis=2)], axis=2)
+    Y = G ** 2 * (rng.standard_normal((R, M, L, n)) ** 4).mean(-1) / 3
+    means = Y.mean(1)                                            # R replicate ensemble means
+    c = means - means.mean(0)
+    skew = (c ** 3).mean(0) / (c ** 2).mean(0) ** 1.5
+    theory = linear.mean_estimator_skewness([n] * L, 2, M)
+    assert np.allclose(skew[:2], theory[:2], rtol=0.3)
+    assert theory[2] > theory[1] > theory[0] > 0
