@@ -67,7 +67,8 @@ from .gaussian import expect_n, pairings
 __all__ = ["set_partitions", "bell_number", "moments_to_cumulants", "cumulants_to_moments",
            "joint_cumulant", "moment_from_cumulants", "sample_moment", "connected_correlator",
            "connected_correlators", "JointEstimate", "NearlyGaussian", "Couplings",
-           "couplings_from_correlators", "MAX_PARTITION_TERMS", "MAX_LISTED_PARTITIONS"]
+           "couplings_from_correlators", "preactivation_correlators", "MAX_PARTITION_TERMS",
+           "MAX_LISTED_PARTITIONS"]
 
 #: largest number of terms the sub-multiset recursion of :func:`joint_cumulant` and
 #: :func:`moment_from_cumulants` may visit (about 4 s of Python); above it they refuse
@@ -862,3 +863,93 @@ def couplings_from_correlators(G, C4, C6=None) -> Couplings:
         U = np.einsum("ma,nb,rc,sd,te,uf,abcdef->mnrstu", Kinv, Kinv, Kinv, Kinv, Kinv, Kinv,
                       _tree_six(V, K) - C6)
     return Couplings(K=K, V=V, U=U)
+
+
+# --------------------------------------------------------------------------
+# Connected correlators of network preactivations, jointly over layers
+# --------------------------------------------------------------------------
+
+def _per_network_pieces(z: np.ndarray, spec) -> tuple[np.ndarray, Callable]:
+    """Per-network averages [M, P] for one correlator of one layer, and the map means → value."""
+    kind, idx = spec
+    M, B, n = z.shape
+    if kind in ("same", "different"):
+        if len(idx) != 4 or not all(0 <= int(i) < B for i in idx):
+            raise ValueError(f"four-point specs need 4 input indices in 0..{B - 1}, got {idx!r}")
+        a, b, c, d = (int(i) for i in idx)
+        pair = lambda p, q: (z[:, p] * z[:, q]).mean(1)          # noqa: E731
+        if kind == "same":
+            extra = (z[:, a] * z[:, b] * z[:, c] * z[:, d]).mean(1)
+            pieces = np.stack([extra, pair(a, b), pair(c, d), pair(a, c), pair(b, d),
+                               pair(a, d), pair(b, c)], axis=1)
+            return pieces, lambda m: m[0] - m[1] * m[2] - m[3] * m[4] - m[5] * m[6]
+        if n < 2:
+            raise ValueError("two different neurons need a layer of width >= 2")
+        sab, scd = (z[:, a] * z[:, b]).sum(1), (z[:, c] * z[:, d]).sum(1)
+        diag = (z[:, a] * z[:, b] * z[:, c] * z[:, d]).sum(1)
+        pieces = np.stack([(sab * scd - diag) / (n * (n - 1)), sab / n, scd / n], axis=1)
+        return pieces, lambda m: m[0] - m[1] * m[2]
+    if kind == "six":
+        if n < 3 or not 0 <= int(idx) < B:
+            raise ValueError(f"the six-point spec needs width >= 3 and one input index in 0..{B - 1}")
+        sq = z[:, int(idx)] ** 2
+        p1, p2, p3 = sq.sum(1), (sq ** 2).sum(1), (sq ** 3).sum(1)
+        pieces = np.stack([p1 / n, (p1 ** 2 - p2) / (n * (n - 1)),
+                           (p1 ** 3 - 3 * p1 * p2 + 2 * p3) / (n * (n - 1) * (n - 2))], axis=1)
+        return pieces, lambda m: m[2] - 3.0 * m[1] * m[0] + 2.0 * m[0] ** 3
+    raise ValueError(f"spec kind must be 'same', 'different' or 'six', got {kind!r}")
+
+
+def preactivation_correlators(zs, specs, n_blocks: int | None = None) -> JointEstimate:
+    """Connected correlators of preactivations at several layers, with their joint covariance (§4.2–4.3).
+
+    All layers of one ensemble are measured on the same networks, so their estimates are
+    correlated; one delete-a-block jackknife over networks gives the values, the error bars
+    and the full covariance (for ``stats.assert_agree(..., cov=...)``).
+
+    Parameters
+    ----------
+    zs : sequence of L arrays [M, B, n_l]
+        Preactivations of each layer (networks, inputs, neurons), e.g. ``ens(x)``.
+    specs : sequence of (kind, indices)
+        ``("same", (a, b, c, d))``: E[z_{i;a} z_{i;b} z_{i;c} z_{i;d}]_connected (one neuron),
+        which is (V_{(ab)(cd)} + V_{(ac)(bd)} + V_{(ad)(bc)})/n_{l−1} at leading order;
+        ``("different", (a, b, c, d))``: E[z_{i;a} z_{i;b} z_{j;c} z_{j;d}]_connected, i ≠ j
+        (V_{(ab)(cd)}/n_{l−1}); ``("six", a)``: E[z_{i;a}² z_{j;a}² z_{k;a}²]_connected for
+        distinct neurons i, j, k (order 1/n², §4.2).
+    n_blocks : int ≥ 2, optional
+        Jackknife blocks (default min(M, 200)).
+
+    Returns
+    -------
+    JointEstimate
+        value and stderr of shape [L, S], cov of shape [L·S, L·S] (row-major: layer, then spec).
+    """
+    layers = [stats._np(z) for z in zs]
+    if not layers:
+        raise ValueError("zs must hold at least one layer")
+    layers = [z[:, None, :] if z.ndim == 2 else z for z in layers]
+    M = layers[0].shape[0]
+    if any(z.ndim != 3 or z.shape[0] != M for z in layers):
+        raise ValueError("every layer must have shape [M, B, n] with the same number of networks M")
+    if M < 2:
+        raise ValueError(f"need at least 2 networks for an error bar, got M = {M}")
+    specs = list(specs)
+    if not specs:
+        raise ValueError("specs must list at least one correlator")
+    blocks, maps, sizes = [], [], []
+    for z in layers:
+        for spec in specs:
+            pieces, fn = _per_network_pieces(z, spec)
+            blocks.append(pieces)
+            maps.append(fn)
+            sizes.append(pieces.shape[1])
+    packed = np.concatenate(blocks, axis=1)
+    edges = np.concatenate([[0], np.cumsum(sizes)])
+
+    def est(means):
+        return np.array([fn(means[a:b]) for fn, a, b in zip(maps, edges[:-1], edges[1:])])
+    value, _ = stats.jackknife(packed, est, n_blocks=n_blocks)
+    cov = stats.covariance(packed, est, n_blocks=n_blocks)
+    shape = (len(layers), len(specs))
+    return JointEstimate(np.asarray(value).reshape(shape), np.sqrt(np.diag(cov)).reshape(shape), cov)

@@ -213,3 +213,26 @@ def test_rejection_and_importance_sampling_agree_with_quadrature():
 def test_bad_input_raises(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_preactivation_correlators_match_stats_and_the_exact_second_layer_six_point():
+    import torch  # noqa: F401  (ensembles need it)
+    from dlt_companion import ensembles
+    x = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, 0.5]])
+    n, M = 4, 160_000
+    ens = ensembles.MLPEnsemble(4, [n, n, n], "relu", 0.0, 2.0, n_networks=M, seed=3)
+    zs = ens(x)
+    j = cumulants.preactivation_correlators(zs, [("same", (0, 1, 0, 1)), ("different", (0, 0, 1, 1)),
+                                                 ("six", 0)])
+    for l in range(3):
+        for s, (inputs, neurons) in enumerate([((0, 1, 0, 1), "same"), ((0, 0, 1, 1), "different")]):
+            ref = stats.four_point(zs[l], inputs, neurons)
+            assert j.value[l, s] == pytest.approx(ref.value, rel=1e-12)
+            assert j.stderr[l, s] == pytest.approx(ref.stderr, rel=1e-10)
+    # layer 2 given layer 1: E[z_i² z_j² z_k²]_conn = κ3(Ĝ) = C_W³ κ3(σ(z)²)/n² with z ~ N(0, K1)
+    K1 = 2.0 * (x[0] @ x[0]) / 4
+    m = [gaussian.expect(lambda u, p=p: np.maximum(u, 0) ** (2 * p), K1) for p in (1, 2, 3)]
+    kappa3 = m[2] - 3 * m[1] * m[0] + 2 * m[0] ** 3
+    stats.assert_agree("six-point at layer 2", 8.0 * kappa3 / n ** 2, j.value[1, 2], j.stderr[1, 2], quiet=True)
+    assert abs(j.value[1, 2]) > 5 * j.stderr[1, 2]
+    assert j.cov.shape == (9, 9)
