@@ -324,9 +324,10 @@ def fixed_points(act, C_b: float, C_W: float, K_range=(1e-6, 1e6), n_grid: int =
     """Every fixed point of the kernel map in ``K_range`` (and K* = 0), with its stability  (§5.1).
 
     Roots of g(K) = C_b + C_W⟨σ²⟩_K − K are bracketed on a log grid and refined with
-    :func:`scipy.optimize.brentq`; double roots (where g touches zero, as at a
-    half-stable critical point) are found as grid minima of |g|/K refined with
-    :func:`scipy.optimize.minimize_scalar`. Scale-invariant activations are solved in
+    :func:`scipy.optimize.brentq`; double roots (where g touches zero without changing
+    sign, as at a half-stable critical point) are the roots of g' = χ_∥ − 1 at which g
+    vanishes too, bracketed on a ten times finer grid inside the cells where |g|/K < 10⁻²
+    (SWISH's critical tangency lies 2 % from a crossing) and refined the same way. Scale-invariant activations are solved in
     closed form (f is linear). Each point is classified by :func:`classify_fixed_point`.
 
     Parameters
@@ -365,14 +366,17 @@ def fixed_points(act, C_b: float, C_W: float, K_range=(1e-6, 1e6), n_grid: int =
     gv = g(grid) / grid
     for i in np.nonzero(np.sign(gv[:-1]) * np.sign(gv[1:]) < 0)[0]:
         found.append(float(optimize.brentq(g, grid[i], grid[i + 1], xtol=1e-14, rtol=1e-13)))
-    a = np.abs(gv)
-    for i in range(1, n_grid - 1):                      # tangencies: local minima of |g|/K
-        if a[i] <= a[i - 1] and a[i] <= a[i + 1] and np.sign(gv[i - 1]) == np.sign(gv[i + 1]):
-            res = optimize.minimize_scalar(lambda t: abs(float(g(np.exp(t)))) / np.exp(t),
-                                           bounds=(np.log(grid[i - 1]), np.log(grid[i + 1])),
-                                           method="bounded", options={"xatol": 1e-12})
-            K = float(np.exp(res.x))
-            if abs(float(g(K))) <= 1e-9 * K and all(abs(K - f) > 1e-6 * K for f in found):
+    # tangencies (double roots, where g touches zero without changing sign): roots of
+    # g' = χ_∥ − 1 at which g itself vanishes
+    def dg(K):
+        return kernel_map_derivatives(act, C_W, K)[0] - 1.0
+    near = np.nonzero(np.minimum(np.abs(gv[:-1]), np.abs(gv[1:])) < 1e-2)[0]   # cells where g is small
+    for i in near:
+        fine = np.geomspace(grid[i], grid[i + 1], 11)  # a tangency can sit within 1 % of a crossing
+        dv = dg(fine)
+        for j in np.nonzero(np.sign(dv[:-1]) * np.sign(dv[1:]) < 0)[0]:
+            K = float(optimize.brentq(dg, fine[j], fine[j + 1], xtol=1e-14, rtol=1e-13))
+            if abs(float(g(K))) <= 1e-9 * max(1.0, K) and all(abs(K - f) > 1e-6 * K for f in found):
                 found.append(K)
     out = []
     for K in sorted(found):

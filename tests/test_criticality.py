@@ -92,13 +92,27 @@ def test_stability_labels_agree_with_iterating_the_map(act, C_b, C_W):
     assert points
     for p in points:
         K = p.K_star
-        d = 0.05 * K if K > 0 else 0.01
-        depth = 3000 if p.stability == "half-stable" else 200
+        d = (0.01 if p.stability == "half-stable" else 0.05) * K if K > 0 else 0.01
+        depth = 20_000 if p.stability == "half-stable" else 200
         above = _moves_toward(act, C_b, C_W, K, K + d, depth)
         below = _moves_toward(act, C_b, C_W, K, K - d, depth) if K > 0 else None
         expected = {"stable": (True, True if K > 0 else None), "unstable": (False, False if K > 0 else None),
                     "half-stable": (p.attracts_from == "above", p.attracts_from == "below")}[p.stability]
         assert (above, below) == expected, (act, C_b, C_W, str(p))
+
+
+def test_half_stable_points_are_found_among_all_fixed_points():
+    """SWISH's critical point (a tangency, f'' ~ 6e-6) sits 2 % below a stable crossing at 14.59."""
+    c = cr.critical_point("swish")
+    pts = cr.fixed_points("swish", c.C_b, c.C_W)
+    half = [p for p in pts if p.stability == "half-stable"]
+    assert len(half) == 1 and half[0].K_star == pytest.approx(c.K_star, rel=1e-6)
+    assert half[0].attracts_from == "below"
+    assert any(p.stability == "stable" and p.K_star > c.K_star for p in pts)
+    c = cr.critical_point("gelu")
+    pts = cr.fixed_points("gelu", c.C_b, c.C_W)
+    assert [p.stability for p in pts] == ["stable", "half-stable"]
+    assert pts[1].K_star == pytest.approx(c.K_star, rel=1e-6) and pts[1].attracts_from == "above"
 
 
 def test_scale_invariant_fixed_points_in_closed_form():
