@@ -448,7 +448,17 @@ class Critical:
     reason: str = ""
 
     def replace(self, **changes) -> "Critical":
-        """A copy with some fields replaced."""
+        """A copy with some fields replaced (e.g. a deliberately wrong class for a power check, §5.3).
+
+        Parameters
+        ----------
+        **changes
+            Field names and their new values.
+
+        Returns
+        -------
+        Critical
+        """
         return replace(self, **changes)
 
     def __str__(self):
@@ -657,7 +667,13 @@ class DeltaFlow:
     h: np.ndarray
 
     def kernel(self) -> np.ndarray:
-        """The 2×2 kernels [L, 2, 2] these components stand for (input 0 = x_+, 1 = x_−)."""
+        """The 2×2 kernels these components stand for (input 0 = x_+, 1 = x_−)  (§5.1 of [RY]).
+
+        Returns
+        -------
+        array [L, 2, 2]
+            K_{±±} = K_[0] ± K_[1] + K_[2], K_{±∓} = K_[0] − K_[2].
+        """
         out = np.empty((len(self.K0), 2, 2))
         out[:, 0, 0] = self.K0 + self.K1 + self.K2
         out[:, 1, 1] = self.K0 - self.K1 + self.K2

@@ -578,7 +578,7 @@ class NearlyGaussian:
 
     @classmethod
     def create(cls, K, V, U=None) -> "NearlyGaussian":
-        """Validate a covariance and symmetric couplings and build the distribution.
+        """Validate a covariance and symmetric couplings and build the distribution  (§1.3 of [RY]).
 
         Parameters
         ----------
@@ -637,18 +637,45 @@ class NearlyGaussian:
         return self.K.shape[0]
 
     def quartic(self, z) -> np.ndarray:
-        """V^{μνρλ} z_μ z_ν z_ρ z_λ for points z [..., d]."""
+        """V^{μνρλ} z_μ z_ν z_ρ z_λ for points z  (§1.3 of [RY]).
+
+        Parameters
+        ----------
+        z : array [..., d]
+
+        Returns
+        -------
+        array [...]
+        """
         return _power_form(self.V, z)
 
     def interaction(self, z) -> np.ndarray:
-        """S_int(z) = V·z⁴/4! + U·z⁶/6! for points z [..., d]."""
+        """S_int(z) = V·z⁴/4! + U·z⁶/6! for points z  (§1.3 of [RY]).
+
+        Parameters
+        ----------
+        z : array [..., d]
+
+        Returns
+        -------
+        array [...]
+        """
         out = self.quartic(z) / 24.0
         if np.any(self.U):
             out = out + _power_form(self.U, z) / 720.0
         return out
 
     def action(self, z) -> np.ndarray:
-        """S(z) = ½ z·K⁻¹z + S_int(z) for points z [..., d] (the negative log-density up to a constant)."""
+        """S(z) = ½ z·K⁻¹z + S_int(z), the negative log-density up to a constant  (§1.3 of [RY]).
+
+        Parameters
+        ----------
+        z : array [..., d]
+
+        Returns
+        -------
+        array [...]
+        """
         z = np.asarray(z, dtype=float)
         Kinv = np.linalg.inv(self.K)
         return 0.5 * np.einsum("...a,ab,...b->...", z, Kinv, z) + self.interaction(z)
@@ -690,7 +717,7 @@ class NearlyGaussian:
 
     # --- exact evaluation and sampling ---------------------------------------
     def exact_moment(self, indices) -> float:
-        """E[z_{i1} ⋯ z_{ik}] under the full (non-perturbative) distribution, by quadrature (d ≤ 4).
+        """E[z_{i1} ⋯ z_{ik}] under the full (non-perturbative) distribution, by quadrature (d ≤ 4; §1.3).
 
         The ratio ⟨z_{i1}⋯z_{ik} e^{−S_int}⟩_K / ⟨e^{−S_int}⟩_K of Gaussian averages from
         :func:`dlt_companion.gaussian.expect_n`.

@@ -187,7 +187,7 @@ def update(act: str = "tanh", C_b: float = 0.0, C_W: float = 1.0, depth: int = 2
 
 
 def summary(state: Explorer, digits: int = 3) -> str:
-    """A few deterministic lines describing a state (for printing under the figure).
+    """A few deterministic lines describing a state: fixed points, criticality, last layer  (§5.1).
 
     Parameters
     ----------
@@ -212,7 +212,7 @@ def summary(state: Explorer, digits: int = 3) -> str:
 
 
 def render(state: Explorer, fig=None):
-    """Draw a state: kernel flow, susceptibilities, kurtosis, and the kernel map's fixed points.
+    """Draw a state: kernel flow, susceptibilities, kurtosis, the kernel map's fixed points  (§5.1–5.4).
 
     Parameters
     ----------
@@ -278,7 +278,7 @@ def render(state: Explorer, fig=None):
 
 def widget(act: str = "tanh", C_b: float = 0.0, C_W: float = 1.0, depth: int = 20,
            width: int = 32, n_networks: int = 512, seed: int = 0):
-    """The explorer as ipywidgets controls over a live figure (JupyterLab, Binder)  (Ch. 5 of [RY]).
+    """The explorer as ipywidgets controls over a live figure (JupyterLab, Binder)  (§5.1–5.4 of [RY]).
 
     Every change of a control calls :func:`update` and :func:`render`; "critical" sets
     (C_b, C_W) to the activation's critical initialization (when it has one).
