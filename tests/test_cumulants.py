@@ -1,15 +1,56 @@
 """Moments <-> cumulants and the nearly-Gaussian distribution (§1.2-1.3 of [RY])."""
 
+import time
 from math import factorial
 
 import numpy as np
 import pytest
 
-from dlt_companion import cumulants, gaussian
+from dlt_companion import cumulants, gaussian, stats
+
+BELL = [1, 1, 2, 5, 15, 52, 203, 877, 4140, 21147, 115975, 678570, 4213597]
 
 
 def test_bell_numbers():
-    assert [len(cumulants.set_partitions(k)) for k in range(0, 8)] == [1, 1, 2, 5, 15, 52, 203, 877]
+    assert [len(cumulants.set_partitions(k)) for k in range(0, 8)] == BELL[:8]
+    assert [cumulants.bell_number(k) for k in range(len(BELL))] == BELL
+    with pytest.raises(ValueError, match="Bell"):
+        cumulants.set_partitions(11)
+
+
+def _mobius(idx, moment):
+    """Reference: the Möbius sum over explicitly listed set partitions."""
+    total = 0.0
+    for part in cumulants.set_partitions(len(idx)):
+        r = len(part)
+        total += (-1) ** (r - 1) * factorial(r - 1) * np.prod(
+            [moment(tuple(sorted(idx[p] for p in B))) for B in part])
+    return total
+
+
+def _partition_sum(idx, cumulant):
+    return sum(np.prod([cumulant(tuple(sorted(idx[p] for p in B))) for B in part])
+               for part in cumulants.set_partitions(len(idx)))
+
+
+def test_recursion_equals_the_mobius_sum_over_partitions():
+    x = np.random.default_rng(5).gamma(2.0, 1.0, size=(2000, 3))       # any moment function will do
+    moment = lambda s: float(np.prod(x[:, list(s)], axis=1).mean())    # noqa: E731
+    for idx in [(0,), (0, 1), (0, 0, 1), (0, 1, 2, 2), (0, 0, 1, 1, 2), (0, 1, 1, 2, 2, 2),
+                (0, 0, 0, 1, 2, 2, 2), (2, 1, 0, 1, 2, 0, 1)]:
+        assert cumulants.joint_cumulant(idx, moment) == pytest.approx(_mobius(idx, moment), rel=1e-9, abs=1e-9)
+        assert cumulants.moment_from_cumulants(idx, moment) == pytest.approx(_partition_sum(idx, moment),
+                                                                             rel=1e-9, abs=1e-9)
+
+
+def test_many_indices_are_fast_or_refused_with_the_cost():
+    moms = {k: float(factorial(k)) for k in range(41)}                  # exponential(1)
+    t = time.perf_counter()
+    assert cumulants.joint_cumulant((0,) * 40, lambda s: moms[len(s)]) == pytest.approx(float(factorial(39)),
+                                                                                       rel=1e-9)
+    assert time.perf_counter() - t < 5.0
+    with pytest.raises(ValueError, match="4.8e\\+06 terms"):
+        cumulants.joint_cumulant(tuple(range(14)), lambda s: 1.0)
 
 
 def test_single_variable_round_trip_and_known_values():
@@ -53,6 +94,17 @@ def test_connected_correlator_of_gamma_samples():
     assert abs(v) > 10 * se
 
 
+def test_joint_estimates_share_one_jackknife():
+    x = np.random.default_rng(3).exponential(1.0, size=(20_000, 2)) - 1.0
+    sets = [(0, 1), (0, 0, 1), (0, 0, 0, 0)]
+    joint = cumulants.connected_correlators(x, sets, n_blocks=50)
+    for c, idx in enumerate(sets):
+        single = cumulants.connected_correlator(x, idx, n_blocks=50)
+        assert joint.value[c] == pytest.approx(single.value, rel=1e-12)
+        assert joint.stderr[c] == pytest.approx(single.stderr, rel=1e-10)
+    assert np.allclose(joint.cov, joint.cov.T) and np.all(np.linalg.eigvalsh(joint.cov) > 0)
+
+
 def test_weighted_connected_correlator_equals_unweighted_for_equal_weights():
     x = np.random.default_rng(2).standard_normal((5000, 2))
     a = cumulants.connected_correlator(x, (0, 0, 1, 1))
@@ -77,6 +129,54 @@ def test_single_variable_quartic_is_minus_lambda_K4_and_breaks_at_large_coupling
     assert small.exact_connected((0, 0, 0, 0)) == pytest.approx(-1e-4 * K ** 4, rel=1e-3)
     big = cumulants.NearlyGaussian.isotropic(K, 1.0)
     assert abs(big.exact_connected((0, 0, 0, 0)) / -K ** 4) < 0.5       # far from first order
+
+
+def test_six_point_function_is_order_epsilon_squared():
+    """Leading order (10λ² − ρ)K⁶ ε² for one variable; the remainder shrinks like ε³."""
+    K = 1.3
+    rest = []
+    for eps in (0.04, 0.02):
+        ng = cumulants.NearlyGaussian.isotropic(K, eps * 1.0, eps ** 2 * 2.0)
+        lead = ng.connected_six_point()[(0,) * 6]
+        assert lead == pytest.approx(eps ** 2 * (10 * 1.0 ** 2 * K - 2.0) * K ** 6, rel=1e-12)
+        rest.append(ng.exact_connected((0,) * 6) - lead)
+    assert rest[0] / rest[1] == pytest.approx(8.0, rel=0.15)
+    # two variables, general tensors: same scaling of the remainder
+    K2 = np.array([[1.0, 0.5], [0.5, 0.7]])
+    rest = []
+    for eps in (0.04, 0.02):
+        ng = cumulants.NearlyGaussian.isotropic(K2, eps * 1.0, eps ** 2 * 2.0)
+        rest.append(ng.exact_connected((0, 0, 0, 1, 1, 1)) - ng.connected_six_point()[0, 0, 0, 1, 1, 1])
+    assert rest[0] / rest[1] == pytest.approx(8.0, rel=0.15)
+
+
+def test_inverse_dictionary_recovers_the_couplings():
+    K2 = np.array([[1.0, 0.5], [0.5, 0.7]])
+    idx4 = list(np.ndindex(2, 2, 2, 2))
+    idx6 = list(np.ndindex(*(2,) * 6))
+    errors = []
+    for eps in (0.02, 0.01):
+        ng = cumulants.NearlyGaussian.isotropic(K2, eps * 1.0, eps ** 2 * 3.0)
+        memo = {}
+
+        def moment(s):
+            if s not in memo:
+                memo[s] = ng.exact_moment(s)
+            return memo[s]
+        G = np.array([[moment((a, b)) if a <= b else moment((b, a)) for b in range(2)] for a in range(2)])
+        C4 = np.zeros((2,) * 4)
+        C6 = np.zeros((2,) * 6)
+        for i in idx4:
+            C4[i] = cumulants.joint_cumulant(i, lambda s: moment(tuple(sorted(s))))
+        for i in idx6:
+            C6[i] = cumulants.joint_cumulant(i, lambda s: moment(tuple(sorted(s))))
+        got = cumulants.couplings_from_correlators(G, C4, C6)
+        errors.append((np.abs(got.K - ng.K).max(), np.abs(got.V - ng.V).max() / eps,
+                       np.abs(got.U - ng.U).max() / eps ** 2))
+    errors = np.array(errors)
+    assert np.all(errors[1] < [1e-3, 0.05, 0.5])
+    # K is off by O(ε²), V by O(ε²) = O(ε)·V, U by O(ε³) = O(ε)·U: halving ε gives 4, 2, 2
+    np.testing.assert_allclose(errors[0] / errors[1], [4.0, 2.0, 2.0], rtol=0.25)
 
 
 def test_rejection_and_importance_sampling_agree_with_quadrature():
@@ -105,7 +205,34 @@ def test_rejection_and_importance_sampling_agree_with_quadrature():
     (lambda: cumulants.NearlyGaussian.create(np.eye(2), np.arange(16.0).reshape(2, 2, 2, 2)), "symmetric"),
     (lambda: cumulants.NearlyGaussian.create([[1.0, 1.0], [1.0, 1.0]], np.zeros((2,) * 4)), "positive definite"),
     (lambda: cumulants.set_partitions(-1), "integer >= 0"),
+    (lambda: cumulants.NearlyGaussian.isotropic(1.0, 0.1, -0.1), ">= 0"),
+    (lambda: cumulants.NearlyGaussian.create(np.eye(2), np.zeros((2,) * 4), np.ones((2,) * 5)), "shape"),
+    (lambda: cumulants.connected_correlators(np.zeros((10, 2)), []), "at least one"),
+    (lambda: cumulants.couplings_from_correlators([[1.0]], [np.nan]), "finite"),
 ])
 def test_bad_input_raises(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_preactivation_correlators_match_stats_and_the_exact_second_layer_six_point():
+    import torch  # noqa: F401  (ensembles need it)
+    from dlt_companion import ensembles
+    x = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, 0.5]])
+    n, M = 4, 160_000
+    ens = ensembles.MLPEnsemble(4, [n, n, n], "relu", 0.0, 2.0, n_networks=M, seed=3)
+    zs = ens(x)
+    j = cumulants.preactivation_correlators(zs, [("same", (0, 1, 0, 1)), ("different", (0, 0, 1, 1)),
+                                                 ("six", 0)])
+    for l in range(3):
+        for s, (inputs, neurons) in enumerate([((0, 1, 0, 1), "same"), ((0, 0, 1, 1), "different")]):
+            ref = stats.four_point(zs[l], inputs, neurons)
+            assert j.value[l, s] == pytest.approx(ref.value, rel=1e-12)
+            assert j.stderr[l, s] == pytest.approx(ref.stderr, rel=1e-10)
+    # layer 2 given layer 1: E[z_i² z_j² z_k²]_conn = κ3(Ĝ) = C_W³ κ3(σ(z)²)/n² with z ~ N(0, K1)
+    K1 = 2.0 * (x[0] @ x[0]) / 4
+    m = [gaussian.expect(lambda u, p=p: np.maximum(u, 0) ** (2 * p), K1) for p in (1, 2, 3)]
+    kappa3 = m[2] - 3 * m[1] * m[0] + 2 * m[0] ** 3
+    stats.assert_agree("six-point at layer 2", 8.0 * kappa3 / n ** 2, j.value[1, 2], j.stderr[1, 2], quiet=True)
+    assert abs(j.value[1, 2]) > 5 * j.stderr[1, 2]
+    assert j.cov.shape == (9, 9)
