@@ -16,9 +16,9 @@ theory describes exactly the ensemble a notebook measures
 Cambridge University Press (2022), arXiv:2106.10165.
 """
 
-from .ntk import ntk_mean
+from .ntk import NTKFluctuations, ntk_fluctuations, ntk_mean
 from .preactivations import (Flow, SingleInputMoments, first_layer_kernel, four_point, kernel,
                              kernel_correction, run, single_input_moments, vertex)
 
 __all__ = ["first_layer_kernel", "kernel", "vertex", "four_point", "kernel_correction", "run",
-           "Flow", "single_input_moments", "SingleInputMoments", "ntk_mean"]
+           "Flow", "single_input_moments", "SingleInputMoments", "ntk_mean", "ntk_fluctuations", "NTKFluctuations"]
