@@ -35,6 +35,7 @@ from scipy import stats as _sps
 
 __all__ = ["Estimate", "mean", "jackknife", "covariance", "kernel", "four_point", "neuron_moments",
            "excess_kurtosis", "relative_variance", "z_scores", "chi2_pvalue", "assert_agree",
+           "assert_rejects",
            "P_MIN", "TOL"]
 
 #: default largest allowed |Δ|/σ of a single point in :func:`assert_agree`
@@ -482,4 +483,49 @@ def assert_agree(name: str, theory, value, stderr, tol: float = TOL, theory_err=
                              f"{order.tolist()}: {np.round(z.ravel()[order], 2).tolist()}")
     if not quiet:
         print(f"✔ {summary}")
+    return z
+
+
+def assert_rejects(name: str, theory, value, stderr, tol: float = TOL, theory_err=0.0,
+                   p_min: float = P_MIN, cov=None) -> np.ndarray:
+    """Assert that measurements *reject* a prediction (a deliberately wrong theory).
+
+    The decision rule is that of :func:`assert_agree`: a prediction is rejected when some
+    |Δ|/σ exceeds ``tol`` or the χ² p-value falls below ``p_min``. Used to show that a
+    check has power: the same data that accept the right theory must reject a wrong one.
+
+    Parameters
+    ----------
+    name : str
+        What wrong theory is compared (printed).
+    theory, value, stderr, tol, theory_err, p_min, cov
+        As in :func:`assert_agree`.
+
+    Returns
+    -------
+    array
+        The z-scores.
+
+    Raises
+    ------
+    AssertionError
+        If the data do *not* reject the prediction (the check would have no power).
+
+    Notes
+    -----
+    Prints one line, ``✘ rejected (as it should be): name: N points, max |Δ|/σ = …, χ²/N = … (p = …)``.
+    """
+    z = np.atleast_1d(z_scores(theory, value, stderr, theory_err))
+    if cov is None:
+        chi2 = float(np.sum(z ** 2))
+    else:
+        delta = np.broadcast_to(_finite(value, "measured values") - _finite(theory, "theory"), z.shape)
+        chi2 = _chi2_correlated(delta, cov, theory_err)
+    worst, p = float(np.abs(z).max()), chi2_pvalue(z, chi2)
+    line = (f"{name}: {z.size} points, max |Δ|/σ = {worst:.1f}, χ²/N = {chi2 / z.size:.3g} "
+            f"(p = {p:.1e})")
+    if worst <= tol and p >= p_min:
+        raise AssertionError(f"{line}: the data do not reject this prediction, so the check "
+                             "has no power against it")
+    print(f"✘ rejected (as it should be): {line}")
     return z
