@@ -19,9 +19,10 @@ over its ordered neuron pairs i ≠ j (:func:`moments`); networks are the indepe
 The covariances are non-linear in those averages, so errors come from a delete-a-block
 jackknife over blocks of networks.
 
-Bounded memory: the ensemble is measured in ``n_blocks`` independently seeded blocks, each
-streamed through :func:`dlt_companion.ensembles.map_networks` and reduced to its mean at
-once, so memory does not grow with the number of networks (``DLT_SCALE=full`` runs 10⁵–10⁶).
+Bounded memory: the ensemble is streamed through :func:`dlt_companion.ensembles.map_networks`
+in independently seeded calls of at most :data:`MAX_CALL` networks, and each call's results
+are reduced at once to the means of its ``n_blocks`` jackknife blocks, so memory does not
+grow with the number of networks (``DLT_SCALE=full`` runs 10⁵–10⁶).
 
 Only the widths n_1..n_{l−1} below the measured layer enter its statistics; the measured
 layer itself can be narrow (a few output neurons are enough for the pair averages), which
@@ -42,10 +43,51 @@ from . import _checks, ensembles, stats, tangent
 from .network import MLP
 from .progress import progress
 
-__all__ = ["moments", "measure", "NTKStatistics", "FIELDS", "extrapolate", "WidthExtrapolation"]
+__all__ = ["moments", "measure", "NTKStatistics", "FIELDS", "SYMMETRIES", "unique_entries",
+           "extrapolate", "WidthExtrapolation"]
 
 #: the statistics :meth:`NTKStatistics.estimate` knows, with their number of input indices
 FIELDS = {"Theta": 2, "G": 2, "A": 4, "B": 4, "D": 4, "F": 4, "S": 4}
+
+#: index permutations that leave each statistic unchanged (book index order): A_(12)(34) and
+#: S within and between the pairs; B_1324 under swapping the NTK's neurons (→ B_2413) and the
+#: two NTKs (→ B_3142); D_1234 within its pairs only; F_1324 under swapping the neurons (→ F_2413)
+SYMMETRIES = {"Theta": [(1, 0)], "G": [(1, 0)],
+              "A": [(1, 0, 2, 3), (0, 1, 3, 2), (2, 3, 0, 1)], "S": [(1, 0, 2, 3), (0, 1, 3, 2), (2, 3, 0, 1)],
+              "B": [(2, 3, 0, 1), (1, 0, 3, 2)], "D": [(1, 0, 2, 3), (0, 1, 3, 2)], "F": [(2, 3, 0, 1)]}
+
+
+#: extra equalities in layers 1 and 2 only: there Ĥ_{ij;α1α2} = Ĥ_{ij;α2α1} for every pair of
+#: neurons (Ĥ^{(1)} is diagonal in neurons), so B_1324 = B_2314 and F_1324 = F_2314
+EARLY_SYMMETRIES = {"B": [(2, 1, 0, 3)], "F": [(2, 1, 0, 3)]}
+
+
+def unique_entries(name: str, n_inputs: int, layer: int | None = None) -> list[tuple]:
+    """One index tuple per class of entries that the symmetries of ``name`` make equal.
+
+    Comparing all entries of a tensor would count equal entries several times (and make the
+    covariance of a χ² singular); these representatives are the lexicographically smallest.
+    ``layer`` ≤ 2 adds the equalities special to the first two layers (:data:`EARLY_SYMMETRIES`).
+    """
+    if name not in FIELDS:
+        raise ValueError(f"unknown statistic {name!r}; choose from {list(FIELDS)}")
+    B = _checks.width(n_inputs, "n_inputs")
+    perms = SYMMETRIES[name] + (EARLY_SYMMETRIES.get(name, []) if layer is not None and layer <= 2 else [])
+    seen, out = set(), []
+    for idx in np.ndindex(*(B,) * FIELDS[name]):
+        orbit, frontier = {idx}, [idx]
+        while frontier:
+            cur = frontier.pop()
+            for perm in perms:
+                nxt = tuple(cur[p] for p in perm)
+                if nxt not in orbit:
+                    orbit.add(nxt)
+                    frontier.append(nxt)
+        rep = min(orbit)
+        if rep not in seen:
+            seen.add(rep)
+            out.append(rep)
+    return out
 
 
 def moments(H: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -211,9 +253,26 @@ class NTKStatistics:
         return np.asarray(est.value), np.asarray(est.stderr), cov
 
 
-def _block_seeds(seed: int, n_blocks: int) -> list[int]:
-    """Independent seeds for the blocks of one measurement (SeedSequence spawning)."""
-    state = np.random.SeedSequence([seed, 0x4E544B]).generate_state(n_blocks, dtype=np.uint64)
+#: most networks streamed by one ``map_networks`` call (its per-network results, a few hundred
+#: numbers each, are held until the call returns; the parameters are streamed in chunks)
+MAX_CALL = 8192
+
+
+def _calls(sizes: np.ndarray) -> list[tuple[int, int]]:
+    """Group consecutive blocks into calls of at most :data:`MAX_CALL` networks: (first, last+1)."""
+    out, start, count = [], 0, 0
+    for k, size in enumerate(sizes):
+        if count and count + size > MAX_CALL:
+            out.append((start, k))
+            start, count = k, 0
+        count += int(size)
+    out.append((start, len(sizes)))
+    return out
+
+
+def _call_seeds(seed: int, n_calls: int) -> list[int]:
+    """Independent seeds for the calls of one measurement (SeedSequence spawning)."""
+    state = np.random.SeedSequence([seed, 0x4E544B]).generate_state(n_calls, dtype=np.uint64)
     return [int(s >> np.uint64(1)) for s in state]
 
 
@@ -231,7 +290,7 @@ def measure(net: MLP, x, n_networks: int, seed: int = 0, layers=None,
     n_networks : int
         Ensemble size M (split into ``n_blocks`` blocks of nearly equal size).
     seed : int
-        Seed of the measurement; block k uses its own seed spawned from it.
+        Seed of the measurement; each streamed call uses its own seed spawned from it.
     layers : int or sequence of int, optional
         Measured layers (default the output layer). One layer: its NTK comes from
         :func:`~dlt_companion.tangent.empirical_ntk` (Jacobian contraction, cheap for a narrow
@@ -240,7 +299,8 @@ def measure(net: MLP, x, n_networks: int, seed: int = 0, layers=None,
     lam_b, lam_W : optional
         Learning rates (default the description's), as in :func:`~dlt_companion.tangent.empirical_ntk`.
     n_blocks : int, optional
-        Jackknife blocks (default min(200, M // 16), at least 2).
+        Jackknife blocks (default min(400, M // 8), at least 2). Comparing N entries with a
+        covariance estimated from G blocks inflates a χ² by about G/(G − N); keep N ≪ G.
     dtype, device : ensemble precision (default float64) and device.
     desc : str, optional
         Label of a progress bar over blocks.
@@ -268,7 +328,7 @@ def measure(net: MLP, x, n_networks: int, seed: int = 0, layers=None,
         if net.widths[l - 1] < 2:
             raise ValueError(f"layer {l} has {net.widths[l - 1]} neuron; the statistics compare "
                              "pairs of neurons i != j, so it needs at least 2")
-    G = min(200, max(2, M // 16)) if n_blocks is None else _checks.width(n_blocks, "n_blocks")
+    G = min(400, max(2, M // 8)) if n_blocks is None else _checks.width(n_blocks, "n_blocks")
     if G < 2 or G > M:
         raise ValueError(f"n_blocks must be between 2 and n_networks = {M}, got {G}")
     x = np.asarray(x, dtype=float)
@@ -287,9 +347,13 @@ def measure(net: MLP, x, n_networks: int, seed: int = 0, layers=None,
         return torch.stack([moments(Hs[l], zs[l - 1]) for l in layers], dim=1)
 
     blocks = np.empty((G, len(layers), _width(B)))
-    for k, (s, size) in enumerate(progress(list(zip(_block_seeds(seed, G), sizes)), desc=desc,
-                                           disable=desc is None)):
-        blocks[k] = ensembles.map_networks(fn, spec, int(size), seed=s, n_inputs=B).mean(axis=0)
+    calls = _calls(sizes)
+    for (lo, hi), s in progress(list(zip(calls, _call_seeds(seed, len(calls)))), desc=desc,
+                                disable=desc is None):
+        values = ensembles.map_networks(fn, spec, int(sizes[lo:hi].sum()), seed=s, n_inputs=B)
+        edges = np.concatenate([[0], np.cumsum(sizes[lo:hi])])
+        for k in range(lo, hi):
+            blocks[k] = values[edges[k - lo]:edges[k - lo + 1]].mean(axis=0)
     return NTKStatistics(net=net, layers=layers, n_inputs=B, n_networks=M, blocks=blocks)
 
 
