@@ -34,6 +34,7 @@ Cambridge University Press (2022), arXiv:2106.10165.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,6 +178,10 @@ class NTKStatistics:
     n_inputs: int
     n_networks: int
     blocks: np.ndarray
+
+    def replace(self, **changes) -> "NTKStatistics":
+        """A copy with some fields replaced."""
+        return dataclasses.replace(self, **changes)
 
     def fan_in(self, layer: int) -> int:
         """n_{l−1}, the width that layer l's statistics are normalised by."""
@@ -384,6 +389,10 @@ class WidthExtrapolation:
     slope: np.ndarray
     chi2: float
     dof: int
+
+    def replace(self, **changes) -> "WidthExtrapolation":
+        """A copy with some fields replaced."""
+        return dataclasses.replace(self, **changes)
 
 
 def extrapolate(widths, values, covs) -> WidthExtrapolation:

@@ -122,3 +122,26 @@ def test_extrapolation_recovers_a_line_in_one_over_n_and_propagates_covariances(
     np.testing.assert_allclose(np.cov(fits.T), ex.cov, rtol=0, atol=1.6e-3)
     with pytest.raises(ValueError, match="two distinct widths"):
         ns.extrapolate([16], y[:1], covs[:1])
+
+
+def test_unique_entries_are_one_per_class_of_equal_entries():
+    """The representatives cover every entry once under the symmetries, which the theory obeys."""
+    K2 = np.array([[1.0, 0.45], [0.45, 1.3]])
+    T2 = np.array([[1.4, 0.6], [0.6, 1.7]])
+    deep = flows.ntk_fluctuations("gelu", 0.2, 1.3, 0.4, 1.1, K2, T2, 4)
+    counts = {k: len(ns.unique_entries(k, 2)) for k in ns.FIELDS}
+    assert counts == {"Theta": 3, "G": 3, "A": 6, "B": 7, "D": 9, "F": 10, "S": 6}
+    for k in "ABDF":
+        t = getattr(deep, k)[-1]
+        for perm in ns.SYMMETRIES[k]:
+            np.testing.assert_allclose(t, t.transpose(perm), rtol=1e-10, atol=1e-13)
+        # the representatives' values are distinct at layer 4 (no symmetry was missed)
+        vals = [t[i] for i in ns.unique_entries(k, 2)]
+        assert len(set(np.round(vals, 10))) == len(vals), k
+    # layers 1-2: Ĥ_ij;αβ = Ĥ_ij;βα adds B_1324 = B_2314 and F_1324 = F_2314
+    assert len(ns.unique_entries("B", 2, layer=2)) == 6 and len(ns.unique_entries("F", 2, layer=2)) == 9
+    for k in "BF":
+        t = getattr(deep, k)[1]
+        np.testing.assert_allclose(t, t.transpose(ns.EARLY_SYMMETRIES[k][0]), rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match="unknown statistic"):
+        ns.unique_entries("Q", 2)

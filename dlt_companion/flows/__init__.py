@@ -5,7 +5,7 @@ One module per family, all importable from here:
 * :mod:`~dlt_companion.flows.preactivations` -- kernel K, four-point vertex V and the 1/n
   kernel correction G^{1} (Ch. 4 of [RY]): :func:`first_layer_kernel`, :func:`kernel`,
   :func:`vertex` (alias :func:`four_point`), :func:`kernel_correction`, :func:`run` → :class:`Flow`.
-* :mod:`~dlt_companion.flows.ntk` -- the neural tangent kernel (Ch. 8–9): :func:`ntk_mean`.
+* :mod:`~dlt_companion.flows.ntk` -- the neural tangent kernel (Ch. 8–9): :func:`ntk_mean`, :func:`ntk_fluctuations` → :class:`NTKFluctuations`.
 
 Every recursion is written once over :class:`dlt_companion.gaussian.Averages` (one input is
 the B = 1 case), with per-layer C_b, C_W (and λ_b, λ_W) and per-layer widths, so the
