@@ -58,7 +58,17 @@ class Estimate(NamedTuple):
     stderr: "float | np.ndarray"
 
     def replace(self, **changes) -> "Estimate":
-        """A copy with some fields replaced."""
+        """A copy with some fields replaced.
+
+        Parameters
+        ----------
+        **changes
+            ``value=`` and/or ``stderr=``.
+
+        Returns
+        -------
+        Estimate
+        """
         return self._replace(**changes)
 
 
@@ -83,7 +93,7 @@ def _preacts(z, min_neurons: int = 1) -> np.ndarray:
 
 
 def mean(samples) -> Estimate:
-    """Mean over the first axis (independent samples) and its standard error.
+    """Mean over the first axis (independent samples) and its standard error (every chapter's checks).
 
     Parameters
     ----------
@@ -103,7 +113,7 @@ def mean(samples) -> Estimate:
 
 def jackknife(per_network, estimator: Callable[[np.ndarray], np.ndarray],
               n_blocks: int | None = None) -> Estimate:
-    """Delete-a-block jackknife of ``estimator(mean over networks)``.
+    """Delete-a-block jackknife of ``estimator(mean over networks)`` (non-linear statistics, §4.3).
 
     Parameters
     ----------
@@ -144,7 +154,7 @@ def jackknife(per_network, estimator: Callable[[np.ndarray], np.ndarray],
 
 def covariance(per_network, estimator: Callable[[np.ndarray], np.ndarray] | None = None,
                n_blocks: int | None = None) -> np.ndarray:
-    """Covariance matrix of an ensemble estimate's entries, for a χ² over correlated points.
+    """Covariance matrix of an ensemble estimate's entries, for a χ² over correlated points (§1.2).
 
     Points measured on the same networks (one statistic at several layers, several
     correlators of one sample) are correlated; :func:`assert_agree` takes this matrix as
@@ -188,7 +198,7 @@ def covariance(per_network, estimator: Callable[[np.ndarray], np.ndarray] | None
 
 
 def kernel(z) -> Estimate:
-    """The metric G_{αβ} = E[z_{i;α} z_{i;β}] with its standard error.
+    """The metric G_{αβ} = E[z_{i;α} z_{i;β}] with its standard error  (§4.1, §4.5 of [RY]).
 
     Parameters
     ----------
@@ -268,7 +278,7 @@ def four_point(z, inputs=(0, 0, 0, 0), neurons: str = "same") -> Estimate:
 
 
 def neuron_moments(zs, input_index: int = 0, powers=(2, 4)):
-    """Per-network averages over neurons of z^p for each layer: [M, L, P] (torch or numpy).
+    """Per-network averages over neurons of z^p for each layer: [M, L, P]  (§0.2, §3.4, §5.4).
 
     Parameters
     ----------
@@ -347,7 +357,7 @@ def _finite(a, what: str) -> np.ndarray:
 
 
 def z_scores(theory, value, stderr, theory_err=0.0) -> np.ndarray:
-    """(value − theory) / sqrt(stderr² + theory_err²), elementwise.
+    """(value − theory) / sqrt(stderr² + theory_err²), elementwise (the checks' unit of agreement).
 
     Parameters
     ----------
@@ -370,7 +380,7 @@ def z_scores(theory, value, stderr, theory_err=0.0) -> np.ndarray:
 
 
 def chi2_pvalue(z, chi2: float | None = None) -> float:
-    """P(χ²_N ≥ χ²): the probability of a χ² at least this large from N unit Gaussians.
+    """P(χ²_N ≥ χ²): the probability of a χ² at least this large from N unit Gaussians (§1.2).
 
     Parameters
     ----------
@@ -410,7 +420,7 @@ def _chi2_correlated(delta: np.ndarray, cov, theory_err) -> float:
 
 def assert_agree(name: str, theory, value, stderr, tol: float = TOL, theory_err=0.0,
                  quiet: bool = False, p_min: float = P_MIN, cov=None) -> np.ndarray:
-    """Assert that measurements agree with a prediction, point by point and as a whole.
+    """Assert that measurements agree with a prediction, point by point and as a whole (all chapters).
 
     Two criteria must both hold (module docstring): every |Δ|/σ ≤ ``tol``, and the χ²
     p-value of all points ≥ ``p_min``, so that a consistent offset of ~2σ over many

@@ -16,6 +16,7 @@ theory describes exactly the ensemble a notebook measures
 Cambridge University Press (2022), arXiv:2106.10165.
 """
 
+from . import residual  # App. B: residual.run (K, V, G^{1}), vertex, kernel_correction, susceptibilities
 from .ntk import NTKFluctuations, ntk_fluctuations, ntk_mean
 from .preactivations import (Flow, SingleInputMoments, first_layer_kernel, four_point, kernel,
                              kernel_correction, run, single_input_moments, vertex)
