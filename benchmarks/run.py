@@ -14,7 +14,9 @@ Rows (see benchmarks/README.md for how to read them):
    target < 50 ms; two inputs: reported);
 5. the book in quick mode: seconds per chapter from ``build/summary.md`` (budget ~60 s);
 6. the empirical NTK of an ensemble ÷ ``torch.func.jacrev`` per network plus contraction (target ≥ 10×);
-7. one batched gradient-descent step ÷ a loop of ``torch.optim.SGD`` over ``nn.Module``s (target ≥ 10×).
+7. one batched gradient-descent step ÷ a loop of ``torch.optim.SGD`` over ``nn.Module``s (target ≥ 10×);
+8. the NTK fluctuations at depth 100 (``flows.ntk_fluctuations``: K, V, Θ, A, B, D, F in one
+   pass; one input: target < 50 ms; two inputs: target < 1 s), wall and CPU time.
 
 Timings are the minimum over repeats, and the two sides of a ratio are timed alternately
 so that they share whatever else the machine is doing.
@@ -492,6 +494,56 @@ def row_train_step(M, n, L, B, repeats) -> Row:
 
 
 # ---------------------------------------------------------------------------------------
+# row 8: NTK fluctuations (Chapter 8)
+# ---------------------------------------------------------------------------------------
+
+def row_ntk_fluctuations(depth, repeats) -> list[Row]:
+    """flows.ntk_fluctuations at depth 100 for one and two inputs, with the engine's share.
+
+    Wall time is the minimum over repeats; CPU time (``time.process_time``) of the same call
+    is reported beside it because on a shared machine the wall time includes waiting for a
+    core. "engine" is the part spent in ``gaussian.Averages`` (building the node rules and the
+    averages a layer needs), measured by running just those calls for the same kernels.
+    """
+    from dlt_companion.gaussian import Averages
+    act, C_b, C_W, lam_b, lam_W = "tanh", 0.0, 1.0, 0.5, 1.0
+    inputs = {"one input": (1.0, 1.0, 0.050),
+              "two inputs": (np.array([[1.0, 0.6], [0.6, 1.2]]), np.array([[1.5, 0.8], [0.8, 1.7]]), 1.0)}
+    rows = []
+    for label, (K1, T1, limit) in inputs.items():
+        if not hasattr(flows, "ntk_fluctuations"):
+            rows.append(Row(f"8 ({label})", f"NTK fluctuations, depth {depth}, {label}", "not available",
+                            f"< {limit * 1e3:.0f} ms", None))
+            continue
+        call = lambda: flows.ntk_fluctuations(act, C_b, C_W, lam_b, lam_W, K1, T1, depth)
+        Ks = [np.atleast_2d(k) for k in flows.kernel(act, C_b, C_W, K1, depth)[:-1]]
+
+        def engine():
+            for K in Ks:
+                a = Averages(act, K, _checked=True)
+                for orders in ((0, 0), (1, 1), (0, 0, 0, 0), (1, 1, 0, 0), (1, 1, 1, 1)):
+                    a.tensor(orders)
+                a.dK((0, 0))
+                a.dK((1, 1))
+        reps = repeats if label == "one input" else max(2, repeats // 2)
+        t_wall, t_engine = timed([call, engine], reps)
+        cpu = float("inf")
+        for _ in range(reps):
+            c0 = time.process_time()
+            call()
+            cpu = min(cpu, time.process_time() - c0)
+        met = t_wall < limit
+        note = (f"CPU time {cpu * 1e3:.1f} ms; gaussian.Averages alone (same kernels and averages) "
+                f"{t_engine * 1e3:.1f} ms wall, i.e. {100 * t_engine / t_wall:.0f}% of the call")
+        if not met:
+            note = (f"over target in wall time on a shared machine; " + note
+                    + (" (CPU time within target)" if cpu < limit else ""))
+        rows.append(Row(f"8 ({label})", f"flows.ntk_fluctuations, depth {depth}, tanh, {label}: "
+                        "K, V, Θ, A, B, D, F", f"{t_wall * 1e3:.1f} ms", f"< {limit * 1e3:.0f} ms", met, note))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
 # row 5: the book
 # ---------------------------------------------------------------------------------------
 
@@ -599,6 +651,7 @@ def main(argv=None) -> int:
     step("empirical NTK", lambda: row_ntk(*((50, 16, 3, 4) if q else (1000, 64, 4, 8)), max(2, reps - 2)))
     step("training step", lambda: row_train_step(*((50, 16, 3, 8) if q else (1000, 32, 3, 8)),
                                                  max(2, reps - 2)))
+    step("NTK fluctuations", lambda: row_ntk_fluctuations(10 if q else 100, reps))
     step("book", lambda: row_book(args.summary))
 
     text = render(rows, info, q, time.perf_counter() - t0)
