@@ -161,6 +161,16 @@ def gram(K, what: str = "kernel") -> np.ndarray:
     return K
 
 
+def scalar_or_gram(K, what: str = "K") -> tuple[bool, np.ndarray]:
+    """A kernel given as a number (one input) or a Gram matrix: (is_scalar, [B, B] matrix).
+
+    The one check behind every function that takes "K1: float or array [B, B]".
+    """
+    if np.ndim(K) == 0:
+        return True, np.array([[float(kernel_scalar(K, what))]])
+    return False, gram(K, what)
+
+
 def differentiable_activation(act, purpose: str):
     """An activation whose derivative σ' is an ordinary function (not the perceptron's δ)."""
     from .activations import get

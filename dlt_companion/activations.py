@@ -70,7 +70,18 @@ class Activation:
         return (_rebuild, (self.name, tuple(self.params.items())))
 
     def derivative(self, order: int = 1) -> Callable:
-        """The numpy function σ^{(order)}, order in 0..3."""
+        """The numpy function σ^{(order)}, order in 0..3  (§2.2 of [RY]).
+
+        Parameters
+        ----------
+        order : int
+            Derivative order 0..3.
+
+        Returns
+        -------
+        callable
+            Vectorised numpy function of z.
+        """
         if order not in (0, 1, 2, 3):
             raise ValueError(f"derivative order must be 0, 1, 2 or 3, got {order!r}")
         return self.numpy[order]
@@ -251,10 +262,15 @@ def _rebuild(name: str, params: tuple) -> "Activation":
 
 
 def register(name: str, builder: Callable[..., tuple]) -> None:
-    """Add an activation to the registry.
+    """Add an activation to the registry  (§2.2 of [RY] lists the book's).
 
-    ``builder(**params)`` must return ``(numpy_fns, torch_fns, kinks, scale_invariant)``
-    where each ``*_fns`` is a 4-tuple (σ, σ', σ'', σ''').
+    Parameters
+    ----------
+    name : str
+        Registry name.
+    builder : callable
+        ``builder(**params)`` must return ``(numpy_fns, torch_fns, kinks, scale_invariant)``
+        where each ``*_fns`` is a 4-tuple (σ, σ', σ'', σ''').
     """
     _REGISTRY[name] = builder
 
@@ -276,7 +292,7 @@ for _name, _builder in {
 
 
 def names() -> list[str]:
-    """Names of all registered activations."""
+    """Names of all registered activations (§2.2 of [RY])."""
     return sorted(_REGISTRY)
 
 

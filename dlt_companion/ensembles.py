@@ -172,7 +172,18 @@ class EnsembleSpec:
 
     @classmethod
     def from_network(cls, net: MLP, dtype=None, device="cpu") -> "EnsembleSpec":
-        """The spec of ``net``'s ensembles (dtype default float64)."""
+        """The spec of ``net``'s ensembles  (§2.3 of [RY]).
+
+        Parameters
+        ----------
+        net : MLP
+        dtype : torch.float32 or torch.float64 (default)
+        device : str or torch.device ('cpu' or 'cuda')
+
+        Returns
+        -------
+        EnsembleSpec
+        """
         if not isinstance(net, MLP):
             raise ValueError(f"net must be a dlt_companion.network.MLP, got {type(net).__name__}")
         dtype = torch.float64 if dtype is None else dtype
@@ -183,9 +194,20 @@ class EnsembleSpec:
     @classmethod
     def build(cls, n_in, widths, act, C_b, C_W, dtype=torch.float64, device="cpu",
               **hyper) -> "EnsembleSpec":
-        """Validate arguments and build a spec (C_b, C_W: a number or one per layer).
+        """Validate arguments and build a spec  (§2.3 of [RY]).
 
-        ``hyper`` may hold ``lam_b``, ``lam_W``, ``xi``, ``gamma`` (see :class:`MLP`).
+        Parameters
+        ----------
+        n_in, widths, act, C_b, C_W
+            As for :class:`~dlt_companion.network.MLP` (C_b, C_W: a number or one per layer).
+        dtype, device
+            As in :meth:`from_network`.
+        **hyper
+            ``lam_b``, ``lam_W``, ``xi``, ``gamma`` (see :class:`MLP`).
+
+        Returns
+        -------
+        EnsembleSpec
         """
         return cls.from_network(MLP(n_in, widths, act, C_b=C_b, C_W=C_W, **hyper),
                                 dtype=dtype, device=device)
@@ -206,7 +228,16 @@ class EnsembleSpec:
         return b
 
     def flops(self, n_inputs: int = 1) -> int:
-        """Multiply-add FLOPs (2 per multiply-add) of one network's forward on ``n_inputs`` inputs."""
+        """Multiply-add FLOPs (2 per multiply-add) of one network's forward.
+
+        Parameters
+        ----------
+        n_inputs : int
+
+        Returns
+        -------
+        int
+        """
         return 2 * n_inputs * sum(n * m for n, m in zip(self.widths, self.fan_in))
 
     def bytes_per_network(self, n_inputs: int = 1) -> int:
@@ -215,13 +246,30 @@ class EnsembleSpec:
         Activations are counted four times over (every layer's preactivations are kept
         by ``forward``, plus σ(z), plus room for the per-network statistic computed
         from them).
+
+        Parameters
+        ----------
+        n_inputs : int
+
+        Returns
+        -------
+        int (bytes)
         """
         itemsize = torch.finfo(self.dtype).bits // 8
         acts = 4 * n_inputs * sum(self.widths)
         return itemsize * (self.n_parameters + acts)
 
     def bytes_held(self, n_networks: int) -> int:
-        """Memory the parameters of ``n_networks`` networks take when held at once."""
+        """Memory the parameters of ``n_networks`` networks take when held at once.
+
+        Parameters
+        ----------
+        n_networks : int
+
+        Returns
+        -------
+        int (bytes)
+        """
         return (torch.finfo(self.dtype).bits // 8) * self.n_parameters * int(n_networks)
 
     def _scratch_bytes(self) -> int:
@@ -431,8 +479,22 @@ class MLPEnsemble:
     @classmethod
     def from_spec(cls, spec: EnsembleSpec, n_networks: int, seed: int = 0, first: int = 0,
                   out=None):
-        """The ensemble of networks first..first+n_networks−1 of ``seed`` (``out``: see
-        :meth:`EnsembleSpec.parameters`)."""
+        """The ensemble of networks first..first+n_networks−1 of ``seed``  (§2.3 of [RY]).
+
+        Parameters
+        ----------
+        spec : EnsembleSpec
+        n_networks : int
+        seed : int ≥ 0
+        first : int ≥ 0
+            Index of the first network.
+        out : (weights, biases), optional
+            Buffers to write into (see :meth:`EnsembleSpec.parameters`).
+
+        Returns
+        -------
+        MLPEnsemble
+        """
         if not isinstance(spec, EnsembleSpec):
             raise ValueError(f"spec must be an EnsembleSpec, got {type(spec).__name__}")
         self = cls.__new__(cls)
@@ -485,6 +547,11 @@ class MLPEnsemble:
         One batched GEMM per layer (``baddbmm`` over the M networks), so the cost is that
         of ``torch.bmm`` on the same shapes (see ``benchmarks/``).
 
+        Parameters
+        ----------
+        x : array or tensor [B, n_0]
+        layers : "all" or "last"
+
         Returns a list of L tensors [M, B, n_l] (``layers="all"``) or just the output
         [M, B, n_L] in a one-element list (``layers="last"``, which frees the others).
         """
@@ -509,7 +576,16 @@ class MLPEnsemble:
     __call__ = forward
 
     def output(self, x) -> torch.Tensor:
-        """Network outputs z^{(L)} [M, B, n_L]."""
+        """Network outputs z^{(L)} [M, B, n_L]  (§2.1 of [RY]).
+
+        Parameters
+        ----------
+        x : array or tensor [B, n_0]
+
+        Returns
+        -------
+        tensor [M, B, n_L]
+        """
         return self.forward(x, layers="last")[0]
 
 
@@ -518,6 +594,14 @@ def memory_budget(device="cpu") -> int:
 
     ``DLT_MEMORY_MB`` if set; otherwise 1024 MiB on the CPU and a quarter of the free
     memory (at most 8 GiB) on a GPU.
+
+    Parameters
+    ----------
+    device : str or torch.device
+
+    Returns
+    -------
+    int (bytes)
     """
     value = os.environ.get("DLT_MEMORY_MB", "").strip()
     if value:

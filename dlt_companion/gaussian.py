@@ -103,12 +103,27 @@ def _radial_rule(n_panels: int, per_panel: int, r_max: float) -> tuple[np.ndarra
 
 @lru_cache(maxsize=None)
 def quadrature_1d() -> tuple[np.ndarray, np.ndarray]:
-    """Nodes x > 0 and weights w with Σ_i w_i [f(x_i) + f(−x_i)] ≈ E f(ξ), ξ ~ N(0, 1)."""
+    """Nodes x > 0 and weights w with Σ_i w_i [f(x_i) + f(−x_i)] ≈ E f(ξ), ξ ~ N(0, 1)  (§1.1).
+
+    Returns
+    -------
+    x, w : read-only arrays [200]
+    """
     r, wr = _radial_rule(_N_PANELS, _PANEL_NODES, _R_MAX)
     w = wr * np.exp(-0.5 * r * r) / np.sqrt(2.0 * np.pi)
     w = w / (2.0 * w.sum())  # absorb the ~1e-23 tail so that constants are exact
     w.setflags(write=False)
     return r, w
+
+
+@lru_cache(maxsize=None)
+def _unit_rule_1d() -> tuple[np.ndarray, np.ndarray]:
+    """The folded rule as plain nodes ±x with weights (w, w): Σ w_p f(x_p) ≈ E f(ξ)."""
+    x, w = quadrature_1d()
+    z, wt = np.concatenate([x, -x]), np.concatenate([w, w])
+    z.setflags(write=False)
+    wt.setflags(write=False)
+    return z, wt
 
 
 @lru_cache(maxsize=None)
@@ -145,7 +160,7 @@ def _as_output(values, shape) -> np.ndarray:
 
 
 def expect(f: Callable, K) -> np.ndarray | float:
-    """⟨f(z)⟩_K for a zero-mean Gaussian z with variance K (the book's ⟨·⟩_K).
+    """⟨f(z)⟩_K for a zero-mean Gaussian z with variance K (the book's ⟨·⟩_K, §1.1, §4.1).
 
     Parameters
     ----------
@@ -205,10 +220,17 @@ def _pair_nodes(K11, K12, K22):
 
 
 def pair_rule(K11: float, K12: float, K22: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nodes and weights of the two-variable rule behind :func:`expect2`, for one kernel.
+    """Nodes and weights of the two-variable rule behind :func:`expect2`, for one kernel  (§4.3).
 
-    Returns flat arrays ``z1, z2, w`` with Σ_p w_p F(z1_p, z2_p) ≈ ⟨F(z1, z2)⟩; useful when
-    many averages share one kernel (evaluate σ, σ' once, contract many products).
+    Parameters
+    ----------
+    K11, K12, K22 : float
+        Entries of a positive semidefinite 2x2 kernel.
+
+    Returns
+    -------
+    z1, z2, w : arrays [P]
+        Σ_p w_p F(z1_p, z2_p) ≈ ⟨F(z1, z2)⟩; useful when many averages share one kernel.
     """
     z1, z2, wtheta, wr = _pair_nodes(float(K11), float(K12), float(K22))
     return z1.ravel(), z2.ravel(), np.multiply.outer(wtheta, wr).ravel()
@@ -334,7 +356,7 @@ def expect_n(fn: Callable, K, nodes: int | None = None) -> float:
 
 
 def hermite4_contracted(M: np.ndarray, V: np.ndarray) -> Callable:
-    """z ↦ Σ_ijkl V_ijkl H_ijkl(z): the fourth Hermite tensor for K⁻¹ = M contracted with V.
+    """z ↦ Σ_ijkl V_ijkl H_ijkl(z): the fourth Hermite tensor for K⁻¹ = M contracted with V  (§4.5).
 
     H_ijkl(z) = y_i y_j y_k y_l − (six terms M_ij y_k y_l) + (three terms M_ij M_kl), y = M z,
     so that ⟨∂_i∂_j∂_k∂_l F⟩_K = ⟨F H_ijkl⟩_K (Stein's lemma applied four times). Contracting
@@ -406,9 +428,7 @@ class Averages:
         if _checked:                     # a kernel the recursions built: already a Gram matrix
             self.K = np.asarray(K, dtype=float)
         else:
-            scalar = np.ndim(K) == 0
-            self.K = (np.array([[float(_checks.kernel_scalar(K, "K"))]]) if scalar
-                      else _checks.gram(K, "K"))
+            self.K = _checks.scalar_or_gram(K, "K")[1]
         self.B = self.K.shape[0]
         self._rules: dict = {}
         self._values: dict = {}
@@ -417,15 +437,28 @@ class Averages:
 
     # -- node rules ---------------------------------------------------------------------------
     def rule(self, inputs: tuple) -> tuple[np.ndarray, np.ndarray]:
-        """Nodes z [P, s] and weights [P] for the distinct ``inputs`` (sorted tuple, s ≤ 4)."""
+        """Nodes z [P, s] and weights [P] of the quadrature over the distinct ``inputs``.
+
+        Parameters
+        ----------
+        inputs : tuple of int
+            Sorted distinct input indices, 1 to 4 of them.
+
+        Returns
+        -------
+        z : array [P, s]
+        weights : array [P]
+            Σ_p w_p F(z_p) ≈ ⟨F⟩ over the Gaussian of those inputs (module docstring).
+        """
         if inputs not in self._rules:
-            sub = self.K[np.ix_(inputs, inputs)]
             s = len(inputs)
             if s == 1:
-                x, w = quadrature_1d()
-                r = np.sqrt(sub[0, 0]) * x
-                z, wt = np.concatenate([r, -r])[:, None], np.concatenate([w, w])
-            elif s == 2:
+                z0, wt = _unit_rule_1d()
+                z = (np.sqrt(self.K[inputs[0], inputs[0]]) * z0)[:, None]
+                self._rules[inputs] = (z, wt)
+                return z, wt
+            sub = self.K[np.ix_(inputs, inputs)]
+            if s == 2:
                 z1, z2, wt = pair_rule(sub[0, 0], sub[0, 1], sub[1, 1])
                 z = np.stack([z1, z2], axis=-1)
             elif s <= 4:
@@ -470,6 +503,11 @@ class Averages:
         return self._inverse[inputs]
 
     # -- averages -----------------------------------------------------------------------------
+    def _key(self, idx: tuple, orders: tuple):
+        """(distinct inputs, canonical slot key) for trusted integer tuples (no validation)."""
+        key = tuple(sorted(zip(idx, orders)))
+        return tuple(sorted(set(idx))), key
+
     def _slots(self, inputs, orders):
         inputs = tuple(int(a) for a in inputs)
         orders = (0,) * len(inputs) if orders is None else tuple(int(o) for o in orders)
@@ -490,7 +528,7 @@ class Averages:
         return f
 
     def mean(self, inputs, orders=None) -> float:
-        """⟨Π_j σ^{(orders[j])}(z_{inputs[j]})⟩_K (orders default 0: σ itself).
+        """⟨Π_j σ^{(orders[j])}(z_{inputs[j]})⟩_K (orders default 0: σ itself)  (§4.3, §8.2).
 
         Parameters
         ----------
@@ -511,21 +549,46 @@ class Averages:
         return self._cache[ck]
 
     def tensor(self, orders) -> np.ndarray:
-        """T[a1, …, am] = ⟨Π_j σ^{(orders[j])}(z_{a_j})⟩_K for every assignment of inputs: [B]*m."""
+        """T[a1, …, am] = ⟨Π_j σ^{(orders[j])}(z_{a_j})⟩_K for every assignment of inputs  (Ch. 4, 8).
+
+        Parameters
+        ----------
+        orders : sequence of int
+            Derivative order 0..3 of each of the m slots, e.g. ``(1, 1, 0, 0)`` for
+            ⟨σ'_α1 σ'_α2 σ_α3 σ_α4⟩.
+
+        Returns
+        -------
+        array [B]*m
+        """
         orders = tuple(int(o) for o in orders)
         ck = ("tensor", orders)
         if ck not in self._cache:
             T = np.empty((self.B,) * len(orders))
             for idx in np.ndindex(*T.shape):
-                T[idx] = self.mean(idx, orders)
+                distinct, key = self._key(idx, orders)
+                mk = ("mean", key)
+                if mk not in self._cache:
+                    _, w = self.rule(distinct)
+                    self._cache[mk] = float(_dot(self._product(distinct, key), w))
+                T[idx] = self._cache[mk]
             self._cache[ck] = T
         return self._cache[ck]
 
     def dK(self, orders) -> np.ndarray:
-        """∂T[a…]/∂K_cd for T = :meth:`tensor` (orders): array [B]*m + [B, B].
+        """∂T[a…]/∂K_cd for T = :meth:`tensor` (orders)  (§4.3; §5.1: the susceptibilities).
 
         Entries of K are independent variables here (Σ_cd dK[…, c, d] δK_cd is the change
         under a symmetric δK); Stein's lemma: ½⟨F (y_c y_d − M_cd)⟩ with y = K_S⁻¹ z.
+
+        Parameters
+        ----------
+        orders : sequence of int
+            As in :meth:`tensor`.
+
+        Returns
+        -------
+        array [B]*m + [B, B]
         """
         orders = tuple(int(o) for o in orders)
         ck = ("dK", orders)
@@ -533,21 +596,34 @@ class Averages:
             out = np.zeros((self.B,) * len(orders) + (self.B, self.B))
             done: dict = {}
             for idx in np.ndindex(*(self.B,) * len(orders)):
-                distinct, key = self._slots(idx, orders)
+                distinct, key = self._key(idx, orders)
                 if key not in done:
                     _, w = self.rule(distinct)
                     y, M = self._y(distinct)
                     wf = w * self._product(distinct, key)
                     done[key] = 0.5 * (np.einsum("pi,p,pj->ij", y, wf, y) - M * wf.sum())
-                out[idx + np.ix_(distinct, distinct)] = done[key]
+                if self.B == 1:
+                    out[idx] = done[key]
+                else:
+                    out[idx + np.ix_(distinct, distinct)] = done[key]
             self._cache[ck] = out
         return self._cache[ck]
 
     def d2K(self, orders, V) -> np.ndarray:
-        """Σ_cdef ∂²T[a…]/∂K_cd∂K_ef V_cdef for T = :meth:`tensor` (orders): array [B]*m.
+        """Σ_cdef ∂²T[a…]/∂K_cd∂K_ef V_cdef for T = :meth:`tensor` (orders)  (§4.5).
 
-        V [B, B, B, B] must be symmetric under c↔d, e↔f and (cd)↔(ef) (as the four-point
-        vertex is); Stein's lemma: ¼⟨F Σ V H_cdef⟩ over the inputs S that F involves.
+        Stein's lemma: ¼⟨F Σ V H_cdef⟩ over the inputs S that F involves.
+
+        Parameters
+        ----------
+        orders : sequence of int
+            As in :meth:`tensor`.
+        V : array [B, B, B, B]
+            Symmetric under c↔d, e↔f and (cd)↔(ef), as the four-point vertex is.
+
+        Returns
+        -------
+        array [B]*m
         """
         orders = tuple(int(o) for o in orders)
         V = np.asarray(V, dtype=float)
@@ -556,9 +632,9 @@ class Averages:
         out = np.empty((self.B,) * len(orders))
         done: dict = {}
         for idx in np.ndindex(*out.shape):
-            distinct, key = self._slots(idx, orders)
+            distinct, key = self._key(idx, orders)
             if key not in done:
-                VS = V[np.ix_(distinct, distinct, distinct, distinct)]
+                VS = V if self.B == 1 else V[np.ix_(distinct, distinct, distinct, distinct)]
                 if not np.any(VS):
                     done[key] = 0.0
                     out[idx] = 0.0

@@ -138,7 +138,17 @@ class MLP:
         return sum(n * m + n for n, m in zip(self.widths, self.fan_in))
 
     def replace(self, **changes) -> "MLP":
-        """A copy with some fields replaced (validated again), e.g. ``net.replace(C_W=2.0)``."""
+        """A copy with some fields replaced (validated again), e.g. ``net.replace(C_W=2.0)``.
+
+        Parameters
+        ----------
+        **changes
+            Field values (same forms as the constructor's arguments).
+
+        Returns
+        -------
+        MLP
+        """
         return dataclasses.replace(self, **changes)
 
     # -- first layer (exact at any width) ---------------------------------------------------
@@ -154,21 +164,47 @@ class MLP:
         return x
 
     def first_layer_kernel(self, x) -> np.ndarray:
-        """K^{(1)}_{αβ} = C_b^{(1)} + C_W^{(1)} x_α·x_β / n_0 for inputs x [B, n_0]  (§4.1); [B, B]."""
+        """K^{(1)}_{αβ} = C_b^{(1)} + C_W^{(1)} x_α·x_β / n_0  (§4.1 of [RY]).
+
+        Parameters
+        ----------
+        x : array [B, n_0]
+
+        Returns
+        -------
+        array [B, B]
+        """
         x = self._inputs(x)
         return self.C_b[0] + self.C_W[0] * (x @ x.T) / self.n_in
 
     def first_layer_ntk(self, x) -> np.ndarray:
-        """Θ^{(1)}_{αβ} = λ_b^{(1)} + λ_W^{(1)} x_α·x_β / n_0 for inputs x [B, n_0]  (§8.1); [B, B].
+        """Θ^{(1)}_{αβ} = λ_b^{(1)} + λ_W^{(1)} x_α·x_β / n_0  (§8.1 of [RY]).
 
         The first-layer NTK is deterministic: z^{(1)} is linear in its parameters.
+
+        Parameters
+        ----------
+        x : array [B, n_0]
+
+        Returns
+        -------
+        array [B, B]
         """
         x = self._inputs(x)
         return self.lam_b[0] + self.lam_W[0] * (x @ x.T) / self.n_in
 
     # -- theory -----------------------------------------------------------------------------
     def kernel(self, x) -> np.ndarray:
-        """Infinite-width kernel K^{(l)} of inputs x for l = 1..L  (§4.1, §4.3); [L, B, B]."""
+        """Infinite-width kernel K^{(l)} of inputs x for l = 1..L  (§4.1, §4.3 of [RY]).
+
+        Parameters
+        ----------
+        x : array [B, n_0]
+
+        Returns
+        -------
+        array [L, B, B]
+        """
         from . import flows
         return flows.kernel(self.act, self.C_b, self.C_W, self.first_layer_kernel(x), self.depth,
                             xi=self.xi, gamma=self.gamma)
@@ -177,7 +213,17 @@ class MLP:
         """Kernel, four-point vertex and 1/n kernel correction of this network  (Ch. 4).
 
         Uses this description's per-layer C_b, C_W and widths (the width ratios
-        n_l/n_{l−1} of the propagation terms); returns a :class:`dlt_companion.flows.Flow`.
+        n_l/n_{l−1} of the propagation terms).
+
+        Parameters
+        ----------
+        x : array [B, n_0] (B ≤ 8)
+        correction : bool
+            Compute G^{1} (see :func:`dlt_companion.flows.run`).
+
+        Returns
+        -------
+        dlt_companion.flows.Flow
         """
         from . import flows
         if self.residual:
@@ -190,6 +236,14 @@ class MLP:
         """Infinite-width mean NTK Θ^{(l)} of inputs x for l = 1..L  (§8.1–8.3); [L, B, B].
 
         Uses this description's per-layer C_b, C_W, λ_b, λ_W (and ξ, γ).
+
+        Parameters
+        ----------
+        x : array [B, n_0]
+
+        Returns
+        -------
+        array [L, B, B]
         """
         from . import flows
         return flows.ntk_mean(self.act, self.C_b, self.C_W, self.lam_b, self.lam_W,
@@ -198,15 +252,37 @@ class MLP:
 
     # -- experiment -------------------------------------------------------------------------
     def spec(self, dtype=None, device="cpu"):
-        """The :class:`~dlt_companion.ensembles.EnsembleSpec` of this network (dtype default float64)."""
+        """The :class:`~dlt_companion.ensembles.EnsembleSpec` of this network  (§2.3 of [RY]).
+
+        Parameters
+        ----------
+        dtype : torch.float32 or torch.float64 (default)
+        device : str or torch.device
+
+        Returns
+        -------
+        EnsembleSpec
+        """
         from .ensembles import EnsembleSpec
         return EnsembleSpec.from_network(self, dtype=dtype, device=device)
 
     def ensemble(self, n_networks: int, seed: int = 0, dtype=None, device="cpu", first: int = 0):
         """M = ``n_networks`` independently initialised real networks of this architecture  (§2.3).
 
-        Returns a :class:`~dlt_companion.ensembles.MLPEnsemble`; network i of a seed is the
-        same whatever ``first`` and chunking (see :mod:`dlt_companion.ensembles`).
+        Network i of a seed is the same whatever ``first`` and chunking (see
+        :mod:`dlt_companion.ensembles`).
+
+        Parameters
+        ----------
+        n_networks : int
+        seed : int ≥ 0
+        dtype : torch.float32 or torch.float64 (default)
+        device : str or torch.device
+        first : int ≥ 0
+
+        Returns
+        -------
+        MLPEnsemble
         """
         from .ensembles import MLPEnsemble
         return MLPEnsemble.from_spec(self.spec(dtype, device), n_networks, seed=seed, first=first)

@@ -35,6 +35,7 @@ from scipy import stats as _sps
 
 __all__ = ["Estimate", "mean", "jackknife", "covariance", "kernel", "four_point", "neuron_moments",
            "excess_kurtosis", "relative_variance", "z_scores", "chi2_pvalue", "assert_agree",
+           "assert_rejects",
            "P_MIN", "TOL"]
 
 #: default largest allowed |Δ|/σ of a single point in :func:`assert_agree`
@@ -57,7 +58,17 @@ class Estimate(NamedTuple):
     stderr: "float | np.ndarray"
 
     def replace(self, **changes) -> "Estimate":
-        """A copy with some fields replaced."""
+        """A copy with some fields replaced.
+
+        Parameters
+        ----------
+        **changes
+            ``value=`` and/or ``stderr=``.
+
+        Returns
+        -------
+        Estimate
+        """
         return self._replace(**changes)
 
 
@@ -82,7 +93,7 @@ def _preacts(z, min_neurons: int = 1) -> np.ndarray:
 
 
 def mean(samples) -> Estimate:
-    """Mean over the first axis (independent samples) and its standard error.
+    """Mean over the first axis (independent samples) and its standard error (every chapter's checks).
 
     Parameters
     ----------
@@ -102,7 +113,7 @@ def mean(samples) -> Estimate:
 
 def jackknife(per_network, estimator: Callable[[np.ndarray], np.ndarray],
               n_blocks: int | None = None) -> Estimate:
-    """Delete-a-block jackknife of ``estimator(mean over networks)``.
+    """Delete-a-block jackknife of ``estimator(mean over networks)`` (non-linear statistics, §4.3).
 
     Parameters
     ----------
@@ -143,7 +154,7 @@ def jackknife(per_network, estimator: Callable[[np.ndarray], np.ndarray],
 
 def covariance(per_network, estimator: Callable[[np.ndarray], np.ndarray] | None = None,
                n_blocks: int | None = None) -> np.ndarray:
-    """Covariance matrix of an ensemble estimate's entries, for a χ² over correlated points.
+    """Covariance matrix of an ensemble estimate's entries, for a χ² over correlated points (§1.2).
 
     Points measured on the same networks (one statistic at several layers, several
     correlators of one sample) are correlated; :func:`assert_agree` takes this matrix as
@@ -187,7 +198,7 @@ def covariance(per_network, estimator: Callable[[np.ndarray], np.ndarray] | None
 
 
 def kernel(z) -> Estimate:
-    """The metric G_{αβ} = E[z_{i;α} z_{i;β}] with its standard error.
+    """The metric G_{αβ} = E[z_{i;α} z_{i;β}] with its standard error  (§4.1, §4.5 of [RY]).
 
     Parameters
     ----------
@@ -267,7 +278,7 @@ def four_point(z, inputs=(0, 0, 0, 0), neurons: str = "same") -> Estimate:
 
 
 def neuron_moments(zs, input_index: int = 0, powers=(2, 4)):
-    """Per-network averages over neurons of z^p for each layer: [M, L, P] (torch or numpy).
+    """Per-network averages over neurons of z^p for each layer: [M, L, P]  (§0.2, §3.4, §5.4).
 
     Parameters
     ----------
@@ -346,7 +357,7 @@ def _finite(a, what: str) -> np.ndarray:
 
 
 def z_scores(theory, value, stderr, theory_err=0.0) -> np.ndarray:
-    """(value − theory) / sqrt(stderr² + theory_err²), elementwise.
+    """(value − theory) / sqrt(stderr² + theory_err²), elementwise (the checks' unit of agreement).
 
     Parameters
     ----------
@@ -369,7 +380,7 @@ def z_scores(theory, value, stderr, theory_err=0.0) -> np.ndarray:
 
 
 def chi2_pvalue(z, chi2: float | None = None) -> float:
-    """P(χ²_N ≥ χ²): the probability of a χ² at least this large from N unit Gaussians.
+    """P(χ²_N ≥ χ²): the probability of a χ² at least this large from N unit Gaussians (§1.2).
 
     Parameters
     ----------
@@ -409,7 +420,7 @@ def _chi2_correlated(delta: np.ndarray, cov, theory_err) -> float:
 
 def assert_agree(name: str, theory, value, stderr, tol: float = TOL, theory_err=0.0,
                  quiet: bool = False, p_min: float = P_MIN, cov=None) -> np.ndarray:
-    """Assert that measurements agree with a prediction, point by point and as a whole.
+    """Assert that measurements agree with a prediction, point by point and as a whole (all chapters).
 
     Two criteria must both hold (module docstring): every |Δ|/σ ≤ ``tol``, and the χ²
     p-value of all points ≥ ``p_min``, so that a consistent offset of ~2σ over many
@@ -482,4 +493,49 @@ def assert_agree(name: str, theory, value, stderr, tol: float = TOL, theory_err=
                              f"{order.tolist()}: {np.round(z.ravel()[order], 2).tolist()}")
     if not quiet:
         print(f"✔ {summary}")
+    return z
+
+
+def assert_rejects(name: str, theory, value, stderr, tol: float = TOL, theory_err=0.0,
+                   p_min: float = P_MIN, cov=None) -> np.ndarray:
+    """Assert that measurements *reject* a prediction (a deliberately wrong theory).
+
+    The decision rule is that of :func:`assert_agree`: a prediction is rejected when some
+    |Δ|/σ exceeds ``tol`` or the χ² p-value falls below ``p_min``. Used to show that a
+    check has power: the same data that accept the right theory must reject a wrong one.
+
+    Parameters
+    ----------
+    name : str
+        What wrong theory is compared (printed).
+    theory, value, stderr, tol, theory_err, p_min, cov
+        As in :func:`assert_agree`.
+
+    Returns
+    -------
+    array
+        The z-scores.
+
+    Raises
+    ------
+    AssertionError
+        If the data do *not* reject the prediction (the check would have no power).
+
+    Notes
+    -----
+    Prints one line, ``✘ rejected (as it should be): name: N points, max |Δ|/σ = …, χ²/N = … (p = …)``.
+    """
+    z = np.atleast_1d(z_scores(theory, value, stderr, theory_err))
+    if cov is None:
+        chi2 = float(np.sum(z ** 2))
+    else:
+        delta = np.broadcast_to(_finite(value, "measured values") - _finite(theory, "theory"), z.shape)
+        chi2 = _chi2_correlated(delta, cov, theory_err)
+    worst, p = float(np.abs(z).max()), chi2_pvalue(z, chi2)
+    line = (f"{name}: {z.size} points, max |Δ|/σ = {worst:.1f}, χ²/N = {chi2 / z.size:.3g} "
+            f"(p = {p:.1e})")
+    if worst <= tol and p >= p_min:
+        raise AssertionError(f"{line}: the data do not reject this prediction, so the check "
+                             "has no power against it")
+    print(f"✘ rejected (as it should be): {line}")
     return z

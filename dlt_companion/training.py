@@ -34,7 +34,7 @@ MAX_STEPS = 10_000_000
 
 
 def targets(ens: MLPEnsemble, y, n_inputs: int) -> torch.Tensor:
-    """Targets as a tensor [B, n_L] (shared by all networks) or [M, B, n_L] (one set per network).
+    """Targets as a tensor [B, n_L] (shared by all networks) or [M, B, n_L]  (§7.1 of [RY]).
 
     Parameters
     ----------
@@ -65,7 +65,18 @@ def targets(ens: MLPEnsemble, y, n_inputs: int) -> torch.Tensor:
 
 
 def loss(ens: MLPEnsemble, x, y) -> torch.Tensor:
-    """L = ½ Σ_α Σ_i (z^{(L)}_{i;α} − y_{i;α})² of every network: tensor [M]  (§7.1)."""
+    """L = ½ Σ_α Σ_i (z^{(L)}_{i;α} − y_{i;α})² of every network  (§7.1 of [RY]).
+
+    Parameters
+    ----------
+    ens : MLPEnsemble
+    x : array or tensor [B, n_0]
+    y : targets, as in :func:`targets`
+
+    Returns
+    -------
+    tensor [M]
+    """
     x = ens._inputs(x)
     y = targets(ens, y, x.shape[0])
     z = ens.output(x)

@@ -12,9 +12,19 @@ def test_correction_vanishes_for_scale_invariant_single_input(act, C_W):
     np.testing.assert_allclose(flows.kernel_correction(act, 0.0, C_W, 1.3, 8), 0.0, atol=1e-13)
 
 
-def test_first_two_layers_have_no_correction():
-    Kc = flows.kernel_correction("tanh", 0.1, 1.5, 1.0, 5)
-    assert Kc[0] == 0.0 and Kc[1] == 0.0 and Kc[2] != 0.0
+def test_first_two_layers_have_no_correction_on_real_networks():
+    """G^{1(1)} = G^{1(2)} = 0 (layer 1 is Gaussian with a deterministic kernel, so layer 2's
+    metric is exactly K^{(2)} at any width): checked on width-3 tanh networks, where the
+    layer-3 correction is large enough to be resolved by the same data."""
+    x = np.array([[1.0, -0.5]])
+    f = flows.run("tanh", 0.1, 1.5, flows.first_layer_kernel(x, 0.1, 1.5)[0, 0], 3)
+    ens = ensembles.MLPEnsemble(2, [3, 3, 3], "tanh", 0.1, 1.5, n_networks=60_000, seed=11)
+    per_net = torch.stack([(z[:, 0] ** 2).mean(-1) for z in ens(x)], 1).numpy()
+    G, se = stats.mean(per_net)
+    stats.assert_agree("layers 1-2: metric = K (no 1/n correction)", f.K[:2], G[:2], se[:2], quiet=True)
+    assert abs(G[2] - f.K[2]) > 4 * se[2]                 # layer 3: the correction is there
+    stats.assert_agree("layer 3: K + G1/n", f.metric(3)[2], G[2], se[2], quiet=True)
+    assert f.K_corr[2] != 0.0
 
 
 def test_single_input_recursion_matches_finite_difference_of_quadrature():

@@ -200,3 +200,13 @@ def test_correlated_chi2_accepts_a_common_fluctuation_and_rejects_a_real_offset(
         stats.assert_agree("zigzag", 0.0, zigzag, sigma, cov=C, quiet=True)
     with pytest.raises(ValueError, match=r"\[N, N\]"):
         stats.assert_agree("shape", 0.0, value, sigma, cov=np.eye(4))
+
+
+def test_assert_rejects_uses_the_same_rule_as_assert_agree(capsys):
+    z = stats.assert_rejects("offset of 2 sigma on 20 points", np.zeros(20), np.full(20, 2.0), np.ones(20))
+    assert np.allclose(z, 2.0) and "rejected" in capsys.readouterr().out      # χ² p ~ 1e-16
+    stats.assert_rejects("one outlier", np.zeros(3), [0.0, 0.0, 5.0], np.ones(3))
+    with pytest.raises(AssertionError, match="no power"):
+        stats.assert_rejects("consistent", np.zeros(3), [0.5, -0.5, 1.0], np.ones(3))
+    with pytest.raises(ValueError):
+        stats.assert_rejects("nan", [np.nan], [1.0], [1.0])

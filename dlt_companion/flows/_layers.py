@@ -68,9 +68,7 @@ def width_ratios(widths, L: int) -> tuple[np.ndarray, tuple | None]:
 
 def initial_kernel(K1, what: str = "K1") -> tuple[bool, np.ndarray]:
     """(scalar?, K as a [B, B] Gram matrix) from a number or a matrix."""
-    if np.ndim(K1) == 0:
-        return True, np.array([[float(_checks.kernel_scalar(K1, what))]])
-    return False, _checks.gram(K1, what)
+    return _checks.scalar_or_gram(K1, what)
 
 
 def finite_width_act(act) -> Activation:
@@ -79,6 +77,7 @@ def finite_width_act(act) -> Activation:
 
 def check_layer(name: str, value: np.ndarray, layer: int, why: str) -> None:
     """Raise a ValueError naming the layer where a flow stopped being finite."""
-    if not np.all(np.isfinite(value)) or np.any(np.abs(value) > 1e250):
+    biggest = float(np.max(np.abs(value))) if np.size(value) else 0.0
+    if not biggest < 1e250:                                  # also catches NaN
         raise ValueError(f"the {name} diverged at layer {layer} (it is no longer a finite number "
                          f"of sensible size): {why}")

@@ -247,7 +247,17 @@ class Flow:
     chi_par: np.ndarray | None = None
 
     def replace(self, **changes) -> "Flow":
-        """A copy with some fields replaced (e.g. a deliberately wrong theory for a power check)."""
+        """A copy with some fields replaced (e.g. a deliberately wrong theory for a power check).
+
+        Parameters
+        ----------
+        **changes
+            New field values (e.g. ``V=0.8 * flow.V``).
+
+        Returns
+        -------
+        Flow
+        """
         return dataclasses.replace(self, **changes)
 
     @property
@@ -279,14 +289,34 @@ class Flow:
         return np.array([1.0] + [float(w) for w in self.widths[: self.depth - 1]])
 
     def metric(self, n: int | None = None) -> np.ndarray:
-        """G^{(l)} = K^{(l)} + G^{{1}(l)}/n_{l−1} (equal widths: pass n)."""
+        """G^{(l)} = K^{(l)} + G^{{1}(l)}/n_{l−1}  (§4.5 of [RY]).
+
+        Parameters
+        ----------
+        n : int, optional
+            The hidden width of an equal-width flow (not given when the flow has widths).
+
+        Returns
+        -------
+        array of the shape of ``K``
+        """
         if self.K_corr is None:
             raise ValueError("this flow was run with correction=False: no G^{1} to add")
         f = self.fan_in(n)
         return self.K + self.K_corr / f.reshape((-1,) + (1,) * (self.K.ndim - 1))
 
     def kurtosis(self, n: int | None = None) -> np.ndarray:
-        """One-input excess kurtosis 3V^{(l)}/(n_{l−1} K^{(l)2}) (leading order)."""
+        """One-input excess kurtosis 3V^{(l)}/(n_{l−1} K^{(l)2}) at leading order  (§4.3, §5.4).
+
+        Parameters
+        ----------
+        n : int, optional
+            As in :meth:`metric`.
+
+        Returns
+        -------
+        array [L]
+        """
         if self.K.ndim != 1:
             raise ValueError("kurtosis is defined here for a one-input flow")
         return 3.0 * self.V / (self.fan_in(n) * self.K ** 2)
