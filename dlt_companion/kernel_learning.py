@@ -247,14 +247,15 @@ def generalization_error(K, Theta, y, n_train: int, y_test, eta: float | None = 
         ``bias``, ``variance``, ``error``, each [N − n_train].
     """
     mean, cov = ntk_prediction(K, Theta, y, n_train, eta, steps)
-    nT = cov.shape[0]
-    y_test, flat = _targets(y_test, nT) if np.ndim(y_test) else (None, None)
-    if y_test is None:
-        raise ValueError(f"y_test must have shape [{nT}] or [{nT}, n_out], got a number")
     m = mean[:, None] if mean.ndim == 1 else mean
-    if m.shape != y_test.shape:
-        raise ValueError(f"y_test must be shaped like the predictions, {m.shape if mean.ndim == 2 else (nT,)}, "
-                         f"got {np.shape(y_test) if not flat else (nT,)}")
+    y_test = np.asarray(y_test)
+    if np.iscomplexobj(y_test) or y_test.size != m.size or y_test.ndim not in (1, 2) \
+            or (y_test.ndim == 2 and y_test.shape != m.shape) or (y_test.ndim == 1 and mean.ndim == 2):
+        raise ValueError(f"y_test must hold the true outputs on the {m.shape[0]} test inputs, shaped "
+                         f"like the predictions {mean.shape}, got shape {np.shape(y_test)}")
+    y_test = y_test.astype(float).reshape(m.shape)
+    if not np.all(np.isfinite(y_test)):
+        raise ValueError("y_test must be finite")
     bias = ((m - y_test) ** 2).sum(axis=1)
     variance = m.shape[1] * np.clip(np.diagonal(cov), 0.0, None)
     return BiasVariance(bias, variance, bias + variance)

@@ -261,6 +261,8 @@ def dntk(ens: MLPEnsemble, x, lam_b=None, lam_W=None, layer: int | None = None) 
     :func:`dlt_companion.ensembles.map_networks`. Tested exactly against a nested
     ``torch.func.jacrev`` (the Jacobian of the NTK) on small networks.
     """
+    if not isinstance(ens, MLPEnsemble):
+        raise ValueError(f"ens must be an MLPEnsemble, got {type(ens).__name__}")
     l = _layer(ens, layer)
     lam_b, lam_W = learning_rates(ens, lam_b, lam_W)
     net = ens.net
