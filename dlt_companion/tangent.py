@@ -33,7 +33,7 @@ import torch
 from . import _checks
 from .ensembles import MLPEnsemble, apply
 
-__all__ = ["empirical_ntk", "ntk_by_layer", "learning_rates", "dntk"]
+__all__ = ["empirical_ntk", "ntk_by_layer", "learning_rates", "dntk", "dntk_preactivation_moments"]
 
 
 def learning_rates(ens: MLPEnsemble, lam_b=None, lam_W=None) -> tuple[tuple, tuple]:
@@ -286,3 +286,41 @@ def dntk(ens: MLPEnsemble, x, lam_b=None, lam_W=None, layer: int | None = None) 
     dH = torch.func.vmap(along)((tW, tb))                    # [D, M, n_l, n_l, B, B]
     dH = dH.reshape(n_l, B, M, n_l, n_l, B, B)
     return dH.permute(2, 0, 3, 4, 1, 5, 6).contiguous()
+
+
+def dntk_preactivation_moments(ens: MLPEnsemble, x, lam_b=None, lam_W=None) -> torch.Tensor:
+    """Per-network estimators of the dNTK–preactivation correlators P/n_{L−1} and Q/n_{L−1}  (§11.2 of [RY]).
+
+    For distinct output neurons i ≠ j, E[dĤ_{ijj;α0α1α2} z_{i;α3}] = P_{α0α1α2α3}/n_{L−1} and
+    E[dĤ_{iij;α0α1α2} z_{j;α3}] = Q_{α0α1α2α3}/n_{L−1} (normalization of
+    :func:`dlt_companion.flows.dntk_statistics`). Each network's average over its
+    n_L(n_L − 1) ordered pairs of output neurons is an unbiased estimator of these; the
+    networks are the independent samples.
+
+    Parameters
+    ----------
+    ens : MLPEnsemble
+        Output width n_L ≥ 2 (the output layer's fan-in n_{L−1} is the width that sets 1/n).
+    x : array or tensor [B, n_0]
+    lam_b, lam_W : as in :func:`dntk`
+
+    Returns
+    -------
+    tensor [M, 2, B, B, B, B]
+        [:, 0] estimates P/n_{L−1}, [:, 1] estimates Q/n_{L−1}, indices [α0, α1, α2, α3].
+    """
+    if not isinstance(ens, MLPEnsemble):
+        raise ValueError(f"ens must be an MLPEnsemble, got {type(ens).__name__}")
+    n_L = ens.net.widths[-1]
+    if n_L < 2:
+        raise ValueError(f"the dNTK's index structures need two distinct output neurons: the output "
+                         f"width is {n_L}; use n_L >= 2 (it does not enter P, Q)")
+    d = dntk(ens, x, lam_b, lam_W)                                   # [M, i0, i1, i2, a0, a1, a2]
+    z = ens.output(x)                                                # [M, a3, i]
+    eye = torch.eye(n_L, dtype=d.dtype, device=d.device)
+    pairs = n_L * (n_L - 1)
+    diag_P = torch.einsum("mijjabc->mijabc", d)                      # dĤ_{ijj}
+    P = torch.einsum("mijabc,mdi->mabcd", diag_P * (1 - eye)[None, :, :, None, None, None], z)
+    diag_Q = torch.einsum("miijabc->mijabc", d)                      # dĤ_{iij}
+    Q = torch.einsum("mijabc,mdj->mabcd", diag_Q * (1 - eye)[None, :, :, None, None, None], z)
+    return torch.stack([P, Q], 1) / pairs

@@ -106,18 +106,24 @@ def test_dntk_bad_input():
 
 def _measure_PQ(net, x, M, seed):
     """n_{L-1} × neuron-pair averages of dĤ_{ijj} z_i (P) and dĤ_{iij} z_j (Q), one input."""
-    n_out = net.widths[-1]
-    off = ~np.eye(n_out, dtype=bool)
+    vals = ensembles.map_networks(lambda e: tangent.dntk_preactivation_moments(e, x)[:, :, 0, 0, 0, 0],
+                                  net.spec(), M, seed=seed)
+    return stats.mean(vals * net.fan_in[-1])
 
-    def per_net(ens):
-        d = tangent.dntk(ens, x)[..., 0, 0, 0]
-        z = ens.output(x)[:, 0, :]
-        P = torch.einsum("mijj,mi->mij", d, z)[:, off].mean(1)
-        Q = torch.einsum("miij,mj->mij", d, z)[:, off].mean(1)
-        return torch.stack([P, Q], 1)
 
-    vals = ensembles.map_networks(per_net, net.spec(), M, seed=seed) * net.fan_in[-1]
-    return stats.mean(vals)
+def test_preactivation_moments_are_the_neuron_pair_averages():
+    ens = MLP(3, [5, 3], "tanh", C_b=0.1, C_W=1.2).ensemble(2, seed=4)
+    x = X[:2]
+    d, z = tangent.dntk(ens, x), ens.output(x)
+    got = tangent.dntk_preactivation_moments(ens, x)
+    assert got.shape == (2, 2, 2, 2, 2, 2)
+    pairs = [(i, j) for i in range(3) for j in range(3) if i != j]
+    P = sum(d[:, i, j, j, :, :, :, None] * z[:, None, None, None, :, i] for i, j in pairs) / 6
+    Q = sum(d[:, i, i, j, :, :, :, None] * z[:, None, None, None, :, j] for i, j in pairs) / 6
+    torch.testing.assert_close(got[:, 0], P)
+    torch.testing.assert_close(got[:, 1], Q)
+    with pytest.raises(ValueError, match="two distinct output neurons"):
+        tangent.dntk_preactivation_moments(MLP(3, [5, 1], "tanh").ensemble(2), x)
 
 
 def test_layer_two_statistics_are_exact_at_any_width():
