@@ -12,7 +12,9 @@ Rows (see benchmarks/README.md for how to read them):
    fresh subprocess (target ≤ 1.5×), and the wall time per network;
 4. the flows at depth 100: kernel + four-point vertex + 1/n kernel correction (one input:
    target < 50 ms; two inputs: reported);
-5. the book in quick mode: seconds per chapter from ``build/summary.md`` (budget ~60 s).
+5. the book in quick mode: seconds per chapter from ``build/summary.md`` (budget ~60 s);
+6. the empirical NTK of an ensemble ÷ ``torch.func.jacrev`` per network plus contraction (target ≥ 10×);
+7. one batched gradient-descent step ÷ a loop of ``torch.optim.SGD`` over ``nn.Module``s (target ≥ 10×).
 
 Timings are the minimum over repeats, and the two sides of a ratio are timed alternately
 so that they share whatever else the machine is doing.
@@ -388,6 +390,108 @@ def row_flows(depth, repeats) -> list[Row]:
 
 
 # ---------------------------------------------------------------------------------------
+# rows 6 and 7 (Chapter 7): empirical NTK and one training step, batched vs per network
+# ---------------------------------------------------------------------------------------
+
+def row_ntk(M, n, L, B, repeats) -> Row:
+    """tangent.empirical_ntk of M networks ÷ torch.func.jacrev per network plus contraction."""
+    from torch.func import jacrev
+
+    from dlt_companion import tangent
+    from dlt_companion.network import MLP
+
+    net = MLP(n, [n] * (L - 1) + [1], "tanh", C_b=0.1, C_W=1.5)
+    ens = net.ensemble(M, seed=0)
+    x = torch.randn(B, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    lam = [1.0 / m for m in net.fan_in] + [1.0] * L          # λ_W/n_(l-1) for weights, λ_b = 1
+
+    def one(m):
+        params = [W[m] for W in ens.weights] + [b[m] for b in ens.biases]
+
+        def f(*p):
+            return ensembles.apply(p[:L], p[L:], x, net.act, layers="last")[0].reshape(-1)
+        J = jacrev(f, argnums=tuple(range(2 * L)))(*params)   # each [B·n_L, *shape]
+        return sum(l * Jp.reshape(Jp.shape[0], -1) @ Jp.reshape(Jp.shape[0], -1).T for l, Jp in zip(lam, J))
+
+    def loop():
+        return torch.stack([one(m) for m in range(M)])
+
+    batched = tangent.empirical_ntk(ens, x)[:, 0, 0]
+    err = float((loop() - batched).abs().max())
+    if not err <= 1e-10 * max(1.0, float(batched.abs().max())):
+        raise AssertionError(f"empirical_ntk and the jacrev loop disagree: max |Δ| = {err:.3g}")
+    t_batch, t_loop = timed([lambda: tangent.empirical_ntk(ens, x), loop], repeats)
+    ratio = t_loop / t_batch
+    return Row("6 (NTK)", f"tangent.empirical_ntk ÷ torch.func.jacrev per network + contraction, M={M}, "
+               f"width {n}, depth {L}, {B} inputs, float64 (equal to {err:.0e})",
+               f"{ratio:.0f}× ({t_batch * 1e3:.0f} ms vs {t_loop * 1e3:.0f} ms)", "≥ 10×", ratio >= 10)
+
+
+def row_train_step(M, n, L, B, repeats) -> Row:
+    """One training.gradient_descent step of M networks ÷ a loop of torch.optim.SGD over nn.Modules."""
+    from dlt_companion import training
+    from dlt_companion.network import MLP
+
+    net = MLP(10, [n] * (L - 1) + [1], "tanh", C_b=0.0, C_W=1.0)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(B, 10, dtype=torch.float64, generator=gen)
+    y = torch.randn(B, 1, dtype=torch.float64, generator=gen)
+    eta = 0.05
+    base = net.ensemble(M, seed=0)
+    act = net.act.torch[0]
+
+    class Act(torch.nn.Module):
+        def forward(self, z):
+            return act(z)
+
+    def modules(ens):
+        nets, opts = [], []
+        for m in range(M):
+            layers, groups = [], []
+            for l, (w, fan) in enumerate(zip(net.widths, net.fan_in)):
+                lin = torch.nn.Linear(fan, w, dtype=torch.float64)
+                with torch.no_grad():
+                    lin.weight.copy_(ens.weights[l][m])
+                    lin.bias.copy_(ens.biases[l][m])
+                layers.append(lin)
+                groups += [{"params": [lin.weight], "lr": eta * net.lam_W[l] / fan},
+                           {"params": [lin.bias], "lr": eta * net.lam_b[l]}]
+                if l < L - 1:
+                    layers.append(Act())
+            nets.append(torch.nn.Sequential(*layers))
+            opts.append(torch.optim.SGD(groups))
+        return nets, opts
+
+    def sgd_loop(nets, opts):
+        out = []
+        for model, opt in zip(nets, opts):
+            opt.zero_grad()
+            with torch.enable_grad():             # timed() runs under no_grad
+                loss = 0.5 * ((model(x) - y) ** 2).sum()
+                loss.backward()
+            opt.step()
+            with torch.no_grad():                 # the loss after the step, as gradient_descent reports
+                out.append(0.5 * ((model(x) - y) ** 2).sum())
+        return torch.stack(out)
+
+    ens = base.clone()
+    nets, opts = modules(ens)
+    training.gradient_descent(ens, x, y, eta, 1)
+    sgd_loop(nets, opts)
+    err = max(float((ens.weights[l] - torch.stack([nets[m][2 * l].weight.detach() for m in range(M)])).abs().max())
+              for l in range(L))
+    if not err <= 1e-12:
+        raise AssertionError(f"batched step and SGD loop disagree: max |ΔW| = {err:.3g}")
+    t_batch, t_loop = timed([lambda: training.gradient_descent(ens, x, y, eta, 1),
+                             lambda: sgd_loop(nets, opts)], repeats, warmup=False)
+    ratio = t_loop / t_batch
+    return Row("7 (training step)", f"training.gradient_descent, one step of M={M} networks (width {n}, "
+               f"depth {L}, {B} inputs, float64) ÷ loop of torch.optim.SGD over nn.Sequential "
+               f"(same parameters after the step, to {err:.0e})",
+               f"{ratio:.0f}× ({t_batch * 1e3:.1f} ms vs {t_loop * 1e3:.0f} ms)", "≥ 10×", ratio >= 10)
+
+
+# ---------------------------------------------------------------------------------------
 # row 5: the book
 # ---------------------------------------------------------------------------------------
 
@@ -492,6 +596,9 @@ def main(argv=None) -> int:
     else:
         step("streamed memory", lambda: row_stream(1_000, 100_000, 64, 4, 4, 64))
     step("flows", lambda: row_flows(10 if q else 100, reps))
+    step("empirical NTK", lambda: row_ntk(*((50, 16, 3, 4) if q else (1000, 64, 4, 8)), max(2, reps - 2)))
+    step("training step", lambda: row_train_step(*((50, 16, 3, 8) if q else (1000, 32, 3, 8)),
+                                                 max(2, reps - 2)))
     step("book", lambda: row_book(args.summary))
 
     text = render(rows, info, q, time.perf_counter() - t0)

@@ -12,6 +12,8 @@ Modules, by concept:
 * :mod:`~dlt_companion.ensembles` -- batched ensembles of real torch MLPs (§2.3), streamed, any executor
 * :mod:`~dlt_companion.tangent` -- the empirical NTK of every network of an ensemble (§7.2, §8.0)
 * :mod:`~dlt_companion.training` -- batched full-batch gradient descent of an ensemble (§7.1–7.2)
+* :mod:`~dlt_companion.bayes` -- Bayesian inference: NNGP posterior, evidence, the 1/n posterior (Ch. 6)
+* :mod:`~dlt_companion.information` -- entropy, mutual information, the optimal aspect ratio (App. A)
 * :mod:`~dlt_companion.stats` -- estimators with error bars over networks
 * :mod:`~dlt_companion.plotting` -- the house style and theory-vs-experiment plots
 * :mod:`~dlt_companion.notebook` -- the setup cell every chapter starts with
@@ -20,11 +22,11 @@ Reference: D. A. Roberts, S. Yaida, B. Hanin, *The Principles of Deep Learning T
 Cambridge University Press (2022), arXiv:2106.10165 -- cited as [RY].
 """
 
-from . import (activations, criticality, cumulants, ensembles, flows, gaussian, linear, network,
-               plotting, stats, tangent, training)
+from . import (activations, bayes, criticality, cumulants, ensembles, flows, gaussian, information,
+               linear, network, plotting, stats, tangent, training)
 from .network import MLP
 from .notebook import setup
 
 __version__ = "0.1.0"
-__all__ = ["activations", "criticality", "cumulants", "ensembles", "flows", "gaussian", "linear",
+__all__ = ["activations", "bayes", "information", "criticality", "cumulants", "ensembles", "flows", "gaussian", "linear",
            "network", "plotting", "stats", "tangent", "training", "MLP", "setup"]

@@ -210,10 +210,11 @@ class MLP:
                             xi=self.xi, gamma=self.gamma)
 
     def flow(self, x, correction: bool = True):
-        """Kernel, four-point vertex and 1/n kernel correction of this network  (Ch. 4).
+        """Kernel, four-point vertex and 1/n kernel correction of this network  (Ch. 4, App. B).
 
         Uses this description's per-layer C_b, C_W and widths (the width ratios
-        n_l/n_{l−1} of the propagation terms).
+        n_l/n_{l−1} of the propagation terms), and for residual networks its ξ, γ
+        (:func:`dlt_companion.flows.residual.run`).
 
         Parameters
         ----------
@@ -227,8 +228,9 @@ class MLP:
         """
         from . import flows
         if self.residual:
-            raise ValueError("the finite-width flows of residual networks are not implemented "
-                             "here yet; use MLP.kernel for the infinite-width kernel")
+            return flows.residual.run(self.act, self.C_b, self.C_W, self.first_layer_kernel(x),
+                                      self.depth, xi=self.xi, gamma=self.gamma,
+                                      widths=self.widths, correction=correction)
         return flows.run(self.act, self.C_b, self.C_W, self.first_layer_kernel(x), self.depth,
                          widths=self.widths, correction=correction)
 

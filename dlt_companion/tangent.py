@@ -107,7 +107,7 @@ def empirical_ntk(ens: MLPEnsemble, x, lam_b=None, lam_W=None, layer: int | None
     n_l = net.widths[l - 1]
     act = net.act
     eye = torch.eye(n_l, dtype=zs[0].dtype, device=zs[0].device)
-    g = eye.expand(M, B, n_l, n_l)                        # ∂z^{(l)}/∂z^{(l)} per input
+    g = eye.expand(M, B, n_l, n_l).contiguous()           # ∂z^{(l)}/∂z^{(l)} per input
     H = torch.zeros(M, n_l, n_l, B, B, dtype=zs[0].dtype, device=zs[0].device)
     for k in range(l, 0, -1):                              # layer k = l, l-1, ..., 1
         prev = x.expand(M, B, x.shape[1]) if k == 1 else act.torch[0](zs[k - 2])   # σ^{(k-1)}
@@ -118,7 +118,8 @@ def empirical_ntk(ens: MLPEnsemble, x, lam_b=None, lam_W=None, layer: int | None
         if k > 1:                                          # g^{(k-1)} = g^{(k)} ∂z^{(k)}/∂z^{(k-1)}
             W = ens.weights[k - 1]                                                 # [M, n_k, n_{k-1}]
             d = act.torch[1](zs[k - 2])                                            # [M, B, n_{k-1}]
-            new = net.xi[k - 1] * torch.matmul(g, W[:, None]) * d[:, :, None, :]
+            gW = torch.bmm(g.reshape(M, B * n_l, -1), W).reshape(M, B, n_l, -1)   # no copies of W
+            new = net.xi[k - 1] * gW * d[:, :, None, :]
             if net.gamma[k - 1] != 0.0:
                 new = new + net.gamma[k - 1] * g
             g = new

@@ -59,8 +59,8 @@ def test_residual_ensemble_kernel_matches_the_residual_recursion():
     stats.assert_agree("residual ReLU kernel", K, est.value, est.stderr, quiet=True)
     # the recursion K' = γ²K + ξ²(C_b + C_W⟨σ²⟩) with ReLU ⟨σ²⟩ = K/2: K' = (0.64 + 0.36) K
     np.testing.assert_allclose(K, K[0], rtol=1e-12)
-    with pytest.raises(ValueError, match="residual"):
-        net.flow(x)
+    # MLP.flow of a residual network is the residual flow (flows.residual, App. B)
+    np.testing.assert_allclose(net.flow(x).K[:, 0, 0], K, rtol=1e-12)
 
 
 def test_first_layer_ntk_and_kernel_are_closed_forms():

@@ -17,6 +17,7 @@ theory describes exactly the ensemble a notebook measures
 Cambridge University Press (2022), arXiv:2106.10165.
 """
 
+from . import residual  # App. B: residual.run (K, V, G^{1}), vertex, kernel_correction, susceptibilities
 from .dntk import DNTKStatistics, dntk_statistics
 from .ntk import ntk_mean
 from .preactivations import (Flow, SingleInputMoments, first_layer_kernel, four_point, kernel,
