@@ -17,6 +17,10 @@ Rows (see benchmarks/README.md for how to read them):
 7. one batched gradient-descent step ÷ a loop of ``torch.optim.SGD`` over ``nn.Module``s (target ≥ 10×);
 8. the NTK fluctuations at depth 100 (``flows.ntk_fluctuations``: K, V, Θ, A, B, D, F in one
    pass; one input: target < 50 ms; two inputs: target < 1 s), wall and CPU time.
+9. training throughput at Chapter 10's notebook shape, network-steps/s of ``training.gradient_descent``
+   ÷ the same steps by a loop of ``torch.optim.SGD`` over ``nn.Module``s (target ≥ 10×);
+10. ``tangent.dntk`` of an ensemble ÷ nested ``torch.func.jacrev`` (the Jacobian of the NTK), the
+   faster of a loop over networks and ``torch.func.vmap`` over them (target ≥ 10×).
 
 Timings are the minimum over repeats, and the two sides of a ratio are timed alternately
 so that they share whatever else the machine is doing.
@@ -543,6 +547,118 @@ def row_ntk_fluctuations(depth, repeats) -> list[Row]:
     return rows
 
 
+# rows 9-10: training throughput and the dNTK (Chapters 10-11)
+# ---------------------------------------------------------------------------------------
+
+def row_train_throughput(M, n, L, B, steps, repeats) -> Row:
+    """network-steps/s of training.gradient_descent ÷ a loop of torch.optim.SGD over nn.Modules."""
+    from dlt_companion import training
+    from dlt_companion.network import MLP
+
+    net = MLP(10, [n] * (L - 1) + [1], "tanh", C_b=0.0, C_W=1.0)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(B, 10, dtype=torch.float64, generator=gen)
+    y = torch.randn(B, 1, dtype=torch.float64, generator=gen)
+    eta = 0.05
+    base = net.ensemble(M, seed=0)
+    act = net.act.torch[0]
+
+    class Act(torch.nn.Module):
+        def forward(self, z):
+            return act(z)
+
+    def modules():
+        nets, opts = [], []
+        for m in range(M):
+            layers, groups = [], []
+            for l, (w, fan) in enumerate(zip(net.widths, net.fan_in)):
+                lin = torch.nn.Linear(fan, w, dtype=torch.float64)
+                with torch.no_grad():
+                    lin.weight.copy_(base.weights[l][m])
+                    lin.bias.copy_(base.biases[l][m])
+                layers.append(lin)
+                groups += [{"params": [lin.weight], "lr": eta * net.lam_W[l] / fan},
+                           {"params": [lin.bias], "lr": eta * net.lam_b[l]}]
+                if l < L - 1:
+                    layers.append(Act())
+            nets.append(torch.nn.Sequential(*layers))
+            opts.append(torch.optim.SGD(groups))
+        return nets, opts
+
+    def sgd_loop(nets, opts):
+        for model, opt in zip(nets, opts):
+            for _ in range(steps):
+                opt.zero_grad()
+                with torch.enable_grad():
+                    (0.5 * ((model(x) - y) ** 2).sum()).backward()
+                opt.step()
+
+    ens = base.clone()
+    nets, opts = modules()
+    training.gradient_descent(ens, x, y, eta, steps)
+    sgd_loop(nets, opts)
+    err = max(float((ens.weights[l] - torch.stack([nets[m][2 * l].weight.detach() for m in range(M)])).abs().max())
+              for l in range(L))
+    if not err <= 1e-10:
+        raise AssertionError(f"batched training and the SGD loop disagree: max |ΔW| = {err:.3g}")
+    t_batch, t_loop = timed([lambda: training.gradient_descent(ens, x, y, eta, steps),
+                             lambda: sgd_loop(nets, opts)], repeats, warmup=False)
+    ratio = t_loop / t_batch
+    rate_b, rate_l = M * steps / t_batch, M * steps / t_loop
+    return Row("9 (training throughput)", f"training.gradient_descent, {steps} steps of M={M} networks "
+               f"(Ch. 10 shape: width {n}, depth {L}, {B} inputs, float64) ÷ loop of torch.optim.SGD over "
+               f"nn.Sequential (same weights after training, to {err:.0e})",
+               f"{ratio:.0f}× ({rate_b:,.0f} vs {rate_l:,.0f} network-steps/s)", "≥ 10×", ratio >= 10)
+
+
+def row_dntk(M, n, L, n_L, B, repeats) -> Row:
+    """tangent.dntk of M networks ÷ nested torch.func.jacrev (loop over networks, or vmap)."""
+    from torch.func import jacrev, vmap
+
+    from dlt_companion import tangent
+    from dlt_companion.network import MLP
+
+    net = MLP(10, [n] * (L - 1) + [n_L], "tanh", C_b=0.1, C_W=1.5)
+    ens = net.ensemble(M, seed=0)
+    x = torch.randn(B, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    rates = [net.lam_W[k] / net.fan_in[k] for k in range(L)] + [net.lam_b[k] for k in range(L)]
+    args = tuple(range(2 * L))
+
+    def one(*p):                                  # one network: dĤ from the Jacobian of Ĥ = J Λ Jᵀ
+        def z(*q):
+            return ensembles.apply(q[:L], q[L:], x, net.act, layers="last")[0].reshape(-1)
+
+        def H(*q):
+            J = jacrev(z, argnums=args)(*q)
+            return sum(r * Jp.flatten(1) @ Jp.flatten(1).T for r, Jp in zip(rates, J))
+        J = jacrev(z, argnums=args)(*p)
+        dH = jacrev(H, argnums=args)(*p)
+        return sum(r * torch.einsum("bcp,ap->abc", d.flatten(2), Jp.flatten(1))
+                   for r, d, Jp in zip(rates, dH, J))
+
+    params = list(ens.weights) + list(ens.biases)
+
+    def loop():
+        return torch.stack([one(*[p[m] for p in params]) for m in range(M)])
+
+    def vmapped():
+        return vmap(one)(*params)
+
+    got = tangent.dntk(ens, x)
+    ref = loop().reshape(M, B, n_L, B, n_L, B, n_L).permute(0, 2, 4, 6, 1, 3, 5)
+    err = float((got - ref).abs().max())
+    if not err <= 1e-10 * max(1.0, float(ref.abs().max())):
+        raise AssertionError(f"tangent.dntk and the nested jacrev disagree: max |Δ| = {err:.3g}")
+    t_batch, t_loop, t_vmap = timed([lambda: tangent.dntk(ens, x), loop, vmapped], repeats)
+    base_t, base_name = min((t_loop, "loop"), (t_vmap, "vmap"))
+    ratio = base_t / t_batch
+    return Row(f"10 (dNTK, n_L={n_L}, B={B})", f"tangent.dntk ÷ nested torch.func.jacrev (its faster form, "
+               f"{base_name} over networks), M={M}, width {n}, depth {L}, {n_L} outputs, {B} inputs, "
+               f"float64 (equal to {err:.0e})",
+               f"{ratio:.0f}× ({t_batch * 1e3:.0f} ms vs loop {t_loop * 1e3:.0f} ms, vmap {t_vmap * 1e3:.0f} ms)",
+               "≥ 10×", ratio >= 10)
+
+
 # ---------------------------------------------------------------------------------------
 # row 5: the book
 # ---------------------------------------------------------------------------------------
@@ -652,6 +768,10 @@ def main(argv=None) -> int:
     step("training step", lambda: row_train_step(*((50, 16, 3, 8) if q else (1000, 32, 3, 8)),
                                                  max(2, reps - 2)))
     step("NTK fluctuations", lambda: row_ntk_fluctuations(10 if q else 100, reps))
+    step("training throughput", lambda: row_train_throughput(*((32, 16, 2, 6, 5) if q else (1000, 64, 2, 6, 20)),
+                                                             max(2, reps - 2)))
+    for shape in ([(16, 16, 3, 4, 1)] if q else [(256, 32, 3, 4, 1), (256, 32, 3, 1, 4)]):
+        step("dNTK", lambda shape=shape: row_dntk(*shape, max(2, reps - 2)))
     step("book", lambda: row_book(args.summary))
 
     text = render(rows, info, q, time.perf_counter() - t0)
