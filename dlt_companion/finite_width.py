@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -53,7 +54,9 @@ import torch
 from . import _checks
 
 __all__ = ["truncated_descent", "composite_statistics", "CompositeStatistics", "trained_prediction",
-           "TrainedPrediction", "steps_to_converge", "PIECES"]
+           "TrainedPrediction", "steps_to_converge", "kernel_model_outputs", "train_ensemble",
+           "unpack_trained", "measured_pieces", "extrapolate", "WidthFit", "function_space_descent",
+           "PIECES"]
 
 #: names of the O(1/n) pieces of the trained mean and covariance, in order
 PIECES = ("Theta1", "dNTK_var", "dNTK", "ddNTK")
@@ -127,29 +130,48 @@ def _ein(spec: str, *jets: _Jet) -> _Jet:
     return _Jet(out)
 
 
-def _descent(z, H, T, I, II, y, eta: float, steps: int, PA: int, state: bool = False):
-    """The truncated updates on jets, training pairs first (composite indices 0..PA−1);
-    ``state=True`` returns (z, Ĥ, T) instead of z."""
+def _descent(z, H, T, I, II, y, eta, steps: int, PA: int, state: bool = False):
+    """The truncated updates on jets, training pairs first (composite indices 0..PA−1).
+
+    ``eta`` is the global rate (a number) or a function-space learning-rate tensor Ξ [PA, PA]
+    (the parameters then move by Δθ = −λ Σ_ab ∂z_a Ξ_ab ε_b); ``state=True`` returns (z, Ĥ, T).
+    """
     IA = I.map(lambda t: t[..., :PA, :PA, :PA])
     IA2 = I.map(lambda t: t[..., :PA, :PA])
     IA1 = I.map(lambda t: t[..., :PA])
     IIA2 = II.map(lambda t: t[..., :PA, :PA])
     IIA1 = II.map(lambda t: t[..., :PA])
+    matrix = torch.is_tensor(eta)
     for _ in range(steps):
         e = z.map(lambda t: t[..., :PA]) - y
-        dz = (_ein("...ac,...c->...a", H.map(lambda t: t[..., :PA]), e).scale(-eta)
-              + _ein("...acd,...c,...d->...a", T.map(lambda t: t[..., :PA, :PA]), e, e).scale(0.5 * eta ** 2)
-              - _ein("...acde,...c,...d,...e->...a", IA, e, e, e).scale(eta ** 3 / 6))
-        Tc = _ein("...abc,...c->...ab", T.map(lambda t: t[..., :PA]), e)
-        Iee = _ein("...abcd,...c,...d->...ab", IA2, e, e)
+        g = e.map(lambda t: torch.einsum("ab,...b->...a", eta, t)) if matrix else e.scale(eta)
+        dz = (_ein("...acde,...c,...d,...e->...a", IA, g, g, g).scale(-1.0 / 6)
+              + _ein("...acd,...c,...d->...a", T.map(lambda t: t[..., :PA, :PA]), g, g).scale(0.5)
+              - _ein("...ac,...c->...a", H.map(lambda t: t[..., :PA]), g))
+        Tc = _ein("...abc,...c->...ab", T.map(lambda t: t[..., :PA]), g)
+        Igg = _ein("...abcd,...c,...d->...ab", IA2, g, g)
         sym = lambda j: j + j.map(lambda t: t.transpose(-1, -2))
-        dH = (sym(Tc).scale(-eta)
-              + (sym(Iee).scale(0.5) + _ein("...abcd,...c,...d->...ab", IIA2, e, e)).scale(eta ** 2))
-        IIe = _ein("...abcd,...d->...abc", IIA1, e)
-        dT = (_ein("...abcd,...d->...abc", IA1, e) + IIe
-              + IIe.map(lambda t: t.transpose(-1, -2))).scale(-eta)
+        dH = (sym(Igg).scale(0.5) + _ein("...abcd,...c,...d->...ab", IIA2, g, g)) - sym(Tc)
+        IIg = _ein("...abcd,...d->...abc", IIA1, g)
+        dT = (_ein("...abcd,...d->...abc", IA1, g) + IIg
+              + IIg.map(lambda t: t.transpose(-1, -2))).scale(-1.0)
         z, H, T = z + dz, H + dH, T + dT
     return (z, H, T) if state else z
+
+
+def _rate(eta, PA: int):
+    """A positive number, or a finite [PA, PA] learning-rate tensor (as a float64 tensor)."""
+    if np.ndim(eta) == 0 and not torch.is_tensor(eta):
+        eta = _checks.real(eta, "eta")
+        if not eta > 0:
+            raise ValueError(f"the learning rate eta must be > 0, got {eta!r}")
+        return eta
+    Xi = torch.as_tensor(np.asarray(eta, dtype=float) if not torch.is_tensor(eta) else eta,
+                         dtype=torch.float64)
+    if Xi.shape != (PA, PA) or not torch.all(torch.isfinite(Xi)):
+        raise ValueError(f"a learning-rate tensor must be a finite [{PA}, {PA}] matrix over the "
+                         f"training pairs, got shape {tuple(Xi.shape)}")
+    return Xi
 
 
 def _order_train_first(train, P: int) -> tuple[list, list]:
@@ -186,7 +208,10 @@ def truncated_descent(z0, ntk, d2, d3, d2d2, y, eta: float, steps: int, train) -
         I_{a;bcd} and II_{ab;cd}.
     y : tensor [..., P_A]
         Targets of the training pairs ``train``, in that order.
-    eta : float > 0
+    eta : float > 0, or array [P_A, P_A]
+        Global learning rate η, or a function-space learning-rate tensor Ξ over the training
+        pairs (in the order of ``train``): the step is then Δθ = −λ Σ_ab ∂z_a Ξ_ab ε_b (the
+        "giant leap" of §10.2 and §∞.2 is one step with Ξ = Θ̃⁻¹).
     steps : int ≥ 0
     train : sequence of int
         The composite indices of the training pairs (length P_A).
@@ -196,13 +221,11 @@ def truncated_descent(z0, ntk, d2, d3, d2d2, y, eta: float, steps: int, train) -
     tensor [..., P]
         The outputs after ``steps`` steps.
     """
-    eta = _checks.real(eta, "eta")
-    if not eta > 0:
-        raise ValueError(f"the learning rate eta must be > 0, got {eta!r}")
     steps = _check_steps(steps)
     z0 = torch.as_tensor(z0)
     P = z0.shape[-1]
     perm, inv = _order_train_first(train, P)
+    eta = _rate(eta, len(list(train)))
     lift = lambda t, k: _Jet([_permute(torch.as_tensor(t), perm, k)])
     out = _descent(lift(z0, 1), lift(ntk, 2), lift(d2, 3), lift(d3, 4), lift(d2d2, 4),
                    _Jet([torch.as_tensor(y)]), eta, steps, len(perm) - (P - len(train)))
@@ -226,13 +249,18 @@ def steps_to_converge(Theta_train, eta: float, tol: float = CONVERGED) -> int:
     -------
     int
     """
-    lam = np.linalg.eigvalsh(np.asarray(Theta_train, float))
-    rho = float(np.max(np.abs(1.0 - eta * lam)))
+    Th = np.asarray(Theta_train, float)
+    lam = np.linalg.eigvalsh(Th)
+    if np.ndim(eta) == 0:
+        rho = float(np.max(np.abs(1.0 - eta * lam)))
+        hint = f"need eta < 2/λ_max = {2 / lam.max():.3g} and a positive-definite Θ̃"
+    else:
+        rho = float(np.max(np.abs(np.linalg.eigvals(np.eye(len(Th)) - Th @ np.asarray(eta, float)))))
+        hint = "the spectral radius of 1 − Θ̃Ξ must be below 1"
     if not rho < 1.0:
-        raise ValueError(f"gradient descent with eta = {eta:g} does not converge on this NTK: "
-                         f"|1 − ηλ| reaches {rho:.3g} (need eta < 2/λ_max = {2 / lam.max():.3g} and "
-                         "a positive-definite Θ̃)")
-    if rho == 0.0:
+        raise ValueError(f"gradient descent with this learning rate does not converge on this NTK: "
+                         f"|1 − ηλ| reaches {rho:.3g} ({hint})")
+    if rho < 1e-12:
         return 1
     steps = int(np.ceil(np.log(tol) / np.log(rho)))
     if steps > MAX_STEPS:
@@ -418,8 +446,10 @@ def trained_prediction(stats: CompositeStatistics, y, n_train: int, eta: float,
         Targets of the first ``n_train`` inputs.
     n_train : int
         The first ``n_train`` inputs are the training set; the others are test inputs.
-    eta : float > 0
-        Global learning rate of full-batch gradient descent (the λ's are in the statistics).
+    eta : float > 0, or array [P_A, P_A]
+        Global learning rate of full-batch gradient descent (the λ's are in the statistics),
+        or a function-space learning-rate tensor over the training pairs (composite order,
+        neuron-major), as in :func:`truncated_descent`.
     steps : int, optional
         Number of steps; default: to convergence (:func:`steps_to_converge`, residual ratio
         :data:`CONVERGED`).
@@ -444,13 +474,12 @@ def trained_prediction(stats: CompositeStatistics, y, n_train: int, eta: float,
     if y.shape != (n_train, nL) or not np.all(np.isfinite(y)):
         raise ValueError(f"targets y must be finite with shape [n_train, n_L] = [{n_train}, {nL}] "
                          f"(or [n_train] when n_L = 1), got {y.shape}")
-    eta = _checks.real(eta, "eta")
-    if not eta > 0:
-        raise ValueError(f"the learning rate eta must be > 0, got {eta!r}")
     train = [i * B + a for i in range(nL) for a in range(n_train)]
     PA = len(train)
+    eta = _rate(eta, PA)
     if steps is None:
-        steps = steps_to_converge(stats.Theta[np.ix_(train, train)], eta)
+        steps = steps_to_converge(stats.Theta[np.ix_(train, train)],
+                                  eta.numpy() if torch.is_tensor(eta) else eta)
     steps = _check_steps(steps)
     perm, inv = _order_train_first(train, P)
     pm = lambda a, k: _permute(torch.as_tensor(np.asarray(a, dtype=float)), perm, k)
@@ -467,7 +496,8 @@ def trained_prediction(stats: CompositeStatistics, y, n_train: int, eta: float,
                                    else [base] + [None] * order)
         out = _descent(_Jet([Z] + [None] * order), jet(Th, dH), jet(zeros(3), dT), jet(zeros(4), dI),
                        jet(zeros(4), dII), _Jet([yA] + [None] * order), eta, steps, PA)
-        return [c if c is not None else torch.zeros_like(out.c[0]) for c in out.c]
+        shape = torch.broadcast_shapes(*(c.shape for c in out.c if c is not None))
+        return [c.expand(shape) if c is not None else torch.zeros(shape, dtype=torch.float64) for c in out.c]
 
     avg = lambda v: torch.einsum("...np,n->...p", v, W)                       # ⟨·⟩ over z(0)
     avg2 = lambda a, b: torch.einsum("...np,...nq,n->...pq", a, b, W)         # ⟨a bᵀ⟩
@@ -525,37 +555,47 @@ def trained_prediction(stats: CompositeStatistics, y, n_train: int, eta: float,
                   "dNTK": back(E_dntk - mo(m_dntk)),
                   "ddNTK": back(E_dd - mo(m_dd))}
     return TrainedPrediction(back(m0), mean_pieces, back(E00 - torch.outer(m0, m0)), cov_pieces,
-                             steps, eta, tuple(train))
+                             steps, eta.numpy().copy() if torch.is_tensor(eta) else eta, tuple(train))
 
 
 # ------------------------------------------------------------------------------------------
 # experiment: trained ensembles and their kernel models
 # ------------------------------------------------------------------------------------------
 
-def kernel_model_outputs(z0, ntk, y, eta: float, steps: int, train) -> torch.Tensor:
+def kernel_model_outputs(z0, ntk, y, eta: float | None, steps: int | None, train) -> torch.Tensor:
     """Outputs of each network's kernel model (its NTK frozen at initialization) after training  (§10.2, §∞.3).
 
     z(t) = z(0) − Ĥ_{·A} Ĥ̃⁻¹ [1 − (1 − ηĤ̃)^t] (z_A(0) − y): what the network would predict if
-    its NTK did not move. The difference between a trained network and its kernel model is
-    the dNTK and ddNTK part of the trained prediction; the kernel model's own mean differs
-    from the infinite-width predictor by the shift and the variance of the NTK.
+    its NTK did not move; ``steps=None`` is the fully trained model,
+    z(0) − Ĥ_{·A} Ĥ̃⁻¹ (z_A(0) − y). The difference between a trained network and its kernel
+    model is the dNTK and ddNTK part of the trained prediction; the kernel model's own mean
+    differs from the infinite-width predictor by the shift and the variance of the NTK.
 
     Parameters
     ----------
     z0 : tensor [..., P]
     ntk : tensor [..., P, P]
-    y : tensor [P_A]
-    eta : float > 0
-    steps : int
+    y : tensor [..., P_A]
+    eta : float > 0, or None with ``steps=None``
+    steps : int or None
     train : sequence of int
+        Composite indices of the training pairs.
 
     Returns
     -------
     tensor [..., P]
     """
-    z0 = torch.as_tensor(z0)
-    zero3 = torch.zeros((1,) * (z0.ndim - 1) + (z0.shape[-1],) * 3, dtype=z0.dtype)
-    zero4 = torch.zeros((1,) * (z0.ndim - 1) + (z0.shape[-1],) * 4, dtype=z0.dtype)
+    z0, ntk, y = torch.as_tensor(z0), torch.as_tensor(ntk), torch.as_tensor(y)
+    P = z0.shape[-1]
+    if steps is None:
+        perm, inv = _order_train_first(train, P)
+        A = torch.as_tensor(perm[:len(list(train))])
+        HA = ntk.index_select(-1, A)                                  # Ĥ_{·A}
+        eps = z0.index_select(-1, A) - y
+        sol = torch.linalg.solve(HA.index_select(-2, A), eps.unsqueeze(-1)).squeeze(-1)
+        return z0 - torch.einsum("...pa,...a->...p", HA, sol)
+    zero3 = torch.zeros((1,) * (z0.ndim - 1) + (P,) * 3, dtype=z0.dtype)
+    zero4 = torch.zeros((1,) * (z0.ndim - 1) + (P,) * 4, dtype=z0.dtype)
     return truncated_descent(z0, ntk, zero3, zero4, zero4, y, eta, steps, train)
 
 
@@ -579,9 +619,9 @@ def train_ensemble(ens, x, y, n_train: int, eta: float, steps: int, desc: str | 
     -------
     tensor [M, 4 + P, P]
         Per network, in composite indices p = i·B + α (unpack with :func:`unpack_trained`): the
-        trained outputs z, the kernel model's outputs zK (:func:`kernel_model_outputs`), the
-        kernel model's outputs for z(0) = 0 (its target-driven part), the initial outputs
-        z(0), and the initial NTK Ĥ(0) [P, P].
+        trained outputs z, the fully trained kernel model's outputs zK
+        (:func:`kernel_model_outputs`), the same for z(0) = 0 (its target-driven part), the
+        initial outputs z(0), and the initial NTK Ĥ(0) [P, P].
     """
     from . import tangent, training
 
@@ -595,8 +635,8 @@ def train_ensemble(ens, x, y, n_train: int, eta: float, steps: int, desc: str | 
     z0 = ens.output(x).transpose(1, 2).reshape(ens.n_networks, -1)        # [M, P]
     H0 = tangent._composite(tangent.empirical_ntk(ens, x), 2)              # [M, P, P]
     yA = yt.transpose(-1, -2).reshape(*yt.shape[:-2], -1)
-    zK = kernel_model_outputs(z0, H0, yA, eta, steps, train)
-    zK0 = kernel_model_outputs(torch.zeros_like(z0), H0, yA, eta, steps, train)
+    zK = kernel_model_outputs(z0, H0, yA, None, None, train)
+    zK0 = kernel_model_outputs(torch.zeros_like(z0), H0, yA, None, None, train)
     training.gradient_descent(ens, x[:n_train], yt, eta=eta, steps=steps, desc=desc)
     z = ens.output(x).transpose(1, 2).reshape(ens.n_networks, -1)
     return torch.cat([torch.stack([z, zK, zK0, z0], 1), H0], 1)
@@ -606,3 +646,182 @@ def unpack_trained(arr) -> dict:
     """The arrays of :func:`train_ensemble` by name: ``z``, ``zK``, ``zK0``, ``z0`` [M, P], ``ntk0`` [M, P, P]."""
     arr = np.asarray(arr)
     return {"z": arr[:, 0], "zK": arr[:, 1], "zK0": arr[:, 2], "z0": arr[:, 3], "ntk0": arr[:, 4:]}
+
+
+def measured_pieces(rec: dict, ntk_untrained, Theta, mean_inf, y, n_train: int) -> dict:
+    """Per-network estimators of the trained mean's O(1/n) pieces, with control variates  (§∞.3).
+
+    With Φ̄ = Θ_{·A}Θ̃⁻¹ and the linear map c(Ĥ) = (Ĥ_{·A} − Φ̄ Ĥ_{AA}) Θ̃⁻¹ y (the first-order change
+    of the infinite-width predictor when Θ → Ĥ), every trained network gives
+
+    * ``repr`` = z − zK: the dNTK and ddNTK part (the network minus its own kernel model);
+    * ``ntk_var`` = zK0 − m^∞ − c(Ĥ(0) − Θ): the part of the kernel model second order in the
+      NTK's fluctuation (the book's A, B);
+    * ``rest`` = z − (zK − zK0) − c(Ĥ(0) − Θ) − m^∞, whose mean is E[z] − m^∞ − E[c]:
+      zK − zK0 = z(0) − Φ̂ z_A(0) has mean exactly zero (it is odd in the outputs), and c is
+      linear in Ĥ, so E[c] = c(E[Ĥ] − Θ) is the shift of the mean NTK (the book's Θ^{{1}}),
+      measured on the untrained networks ``ntk_untrained``.
+
+    Each per-network value fluctuates at O(1/n) (the O(1) and O(1/√n) noise of z is removed
+    exactly), so the 1/n effects are resolved with modest ensembles.
+
+    Parameters
+    ----------
+    rec : dict
+        :func:`unpack_trained` of :func:`train_ensemble`'s output.
+    ntk_untrained : array [M', P, P]
+        Initial NTKs of independent networks (for E[c]).
+    Theta, mean_inf : arrays [P, P], [P]
+        Infinite-width mean NTK and predictor.
+    y : array [P_A]
+        Targets of the training pairs (composite order).
+    n_train : int
+        Number of training pairs P_A (the first ones in composite order for n_L = 1).
+
+    Returns
+    -------
+    dict
+        ``"repr"``, ``"ntk_var"``, ``"rest"`` : arrays [M, P] per trained network;
+        ``"theta1"`` : array [M', P] per untrained network (its mean is the Θ^{{1}} piece);
+        and ``"total"`` : stats.Estimate of E[z] − m^∞ (mean of ``rest`` + mean of ``theta1``).
+    """
+    from .stats import Estimate, mean
+
+    A = int(n_train)
+    Theta, y = np.asarray(Theta, float), np.asarray(y, float)
+    Ti = np.linalg.inv(Theta[:A, :A])
+    Phi = Theta[:, :A] @ Ti
+    c_of = lambda H: (H[..., :, :A] - np.einsum("pa,...ab->...pb", Phi, H[..., :A, :A])) @ Ti @ y
+    c = c_of(np.asarray(rec["ntk0"]) - Theta)
+    c_big = c_of(np.asarray(ntk_untrained) - Theta)
+    out = {"repr": rec["z"] - rec["zK"], "ntk_var": rec["zK0"] - mean_inf - c,
+           "rest": rec["z"] - (rec["zK"] - rec["zK0"]) - c - mean_inf, "theta1": c_big}
+    a, b = mean(out["rest"]), mean(c_big)
+    out["total"] = Estimate(a.value + b.value, np.sqrt(a.stderr ** 2 + b.stderr ** 2))
+    return out
+
+
+class WidthFit(NamedTuple):
+    """Result of :func:`extrapolate`."""
+
+    value: np.ndarray        #: intercepts a (n → ∞), [K]
+    stderr: np.ndarray       #: their standard errors, [K]
+    cov: np.ndarray          #: their covariance, [K, K]
+    slope: np.ndarray        #: slopes b (the 1/n coefficients), [K]
+    chi2: float              #: χ² of the fit
+    dof: int                 #: its degrees of freedom, (W − 2)·K
+    curvature: np.ndarray    #: intercept the same fit returns for data 1/n² (per quantity), [K]
+
+    def neglected(self, reference) -> np.ndarray:
+        """Shift of the intercepts by an unmodelled X2/n², with |X2| ≤ b²/(2|X|) (X = ``reference``).
+
+        The bound is exact for deep linear networks, whose finite-width corrections
+        exponentiate (Chapter 3); it is used as a theory error, never tuned.
+        """
+        X = np.abs(np.asarray(reference, float))
+        return np.abs(self.curvature) * self.slope ** 2 / (2 * np.maximum(X, 1e-12 + 1e-3 * X.max()))
+
+
+def extrapolate(ns, values, covs) -> WidthFit:
+    """Generalized least-squares fit v(n) = a + b/n over widths; the intercept a is the n → ∞ value  (§∞.3).
+
+    Parameters
+    ----------
+    ns : sequence of int
+        Widths (at least 2, distinct).
+    values : array [W, K]
+        K quantities measured at each of the W widths (e.g. n × a 1/n deviation).
+    covs : array [W, K, K]
+        Their covariance at each width (independent networks at different widths).
+
+    Returns
+    -------
+    WidthFit
+    """
+    ns = np.asarray(ns, float)
+    v = np.asarray(values, float)
+    C = np.asarray(covs, float)
+    if v.ndim != 2 or C.shape != (v.shape[0], v.shape[1], v.shape[1]):
+        raise ValueError(f"values must be [W, K] and covs [W, K, K], got {v.shape} and {C.shape}")
+    W, K = v.shape
+    if W < 2 or len(set(ns)) != W or len(ns) != W:
+        raise ValueError(f"need at least two distinct widths, one per row of values, got {list(ns)}")
+    X = np.zeros((W * K, 2 * K))
+    for w in range(W):
+        X[w * K:(w + 1) * K, :K] = np.eye(K)
+        X[w * K:(w + 1) * K, K:] = np.eye(K) / ns[w]
+    Cinv = np.zeros((W * K, W * K))
+    for w in range(W):
+        Cinv[w * K:(w + 1) * K, w * K:(w + 1) * K] = np.linalg.inv(C[w])
+    cov = np.linalg.inv(X.T @ Cinv @ X)
+    G = cov @ X.T @ Cinv                                       # the estimator, [2K, WK]
+    beta = G @ v.ravel()
+    r = v.ravel() - X @ beta
+    curv = np.array([sum(G[k, w * K + k] / ns[w] ** 2 for w in range(W)) for k in range(K)])
+    return WidthFit(beta[:K], np.sqrt(np.diag(cov)[:K]), cov[:K, :K], beta[K:], float(r @ Cinv @ r),
+                    (W - 2) * K, curv)
+
+
+def function_space_descent(ens, x, y, Xi, steps: int, desc: str | None = None) -> torch.Tensor:
+    """Train an ensemble with a function-space learning-rate tensor Ξ, in place  (§10.2, §∞.2 of [RY]).
+
+    Each step moves the parameters by Δθ_μ = −λ_μ Σ_{ab} (∂z_a/∂θ_μ) Ξ_ab ε_b over the training
+    pairs (λ_b for biases, λ_W/n_{l−1} for weights; ε = z − y). With Ξ = η·1 this is
+    :func:`dlt_companion.training.gradient_descent`; with Ξ = Θ̃⁻¹ one step is the infinite-width
+    "giant leap" to the minimum.
+
+    Parameters
+    ----------
+    ens : MLPEnsemble
+        Updated in place.
+    x : array [B_train, n_0]
+        Training inputs.
+    y : array [B_train] (n_L = 1) or [B_train, n_L]
+    Xi : array [P_A, P_A]
+        Learning-rate tensor over the training pairs in composite order p = i·B_train + α.
+    steps : int ≥ 0
+    desc : str, optional
+        Label of a progress bar over steps.
+
+    Returns
+    -------
+    tensor [steps + 1, M]
+        The loss ½ Σ ε² of every network before each step and after the last.
+    """
+    from . import training
+    from .ensembles import apply
+    from .progress import progress
+    from .tangent import learning_rates
+
+    x = ens._inputs(x)
+    yt = training.targets(ens, y, x.shape[0])
+    B, nL = x.shape[0], ens.widths[-1]
+    Xi = torch.as_tensor(np.asarray(Xi, dtype=float), dtype=ens.spec.dtype, device=ens.spec.device)
+    if Xi.shape != (B * nL, B * nL) or not torch.all(torch.isfinite(Xi)):
+        raise ValueError(f"Xi must be a finite [{B * nL}, {B * nL}] matrix over the training pairs, "
+                         f"got shape {tuple(Xi.shape)}")
+    steps = _check_steps(steps)
+    lam_b, lam_W = learning_rates(ens)
+    net, L = ens.net, ens.depth
+    rates = [lw / n for lw, n in zip(lam_W, net.fan_in)] + list(lam_b)
+    params = list(ens.weights) + list(ens.biases)
+    losses = torch.empty(steps + 1, ens.n_networks, dtype=torch.float64)
+    for t in progress(range(steps + 1), desc=desc, total=steps + 1, disable=desc is None):
+        with torch.enable_grad():
+            leaves = [p.detach().requires_grad_(t < steps) for p in params]
+            z = apply(leaves[:L], leaves[L:], x, net.act, net.xi, net.gamma, layers="last")[0]
+            eps = (z - yt).transpose(-1, -2).reshape(ens.n_networks, -1)     # [M, P_A]
+            losses[t] = 0.5 * (eps.detach() ** 2).sum(1).to("cpu", torch.float64)
+            if t == steps:
+                break
+            g = (eps @ Xi.T).detach()
+            zf = z.transpose(-1, -2).reshape(ens.n_networks, -1)
+            grads = torch.autograd.grad((zf * g).sum(), leaves)
+        if not torch.all(torch.isfinite(losses[t])):
+            raise ValueError(f"the loss became non-finite at step {t}: the learning-rate tensor is "
+                             "too large for this architecture")
+        with torch.no_grad():
+            for p, gr, r in zip(params, grads, rates):
+                if r:
+                    p.sub_(gr, alpha=r)
+    return losses

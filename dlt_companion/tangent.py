@@ -209,7 +209,7 @@ def ntk_by_layer(ens: MLPEnsemble, x, lam_b=None, lam_W=None) -> list[torch.Tens
 
 from typing import NamedTuple  # noqa: E402  (kept inside this chapter's section)
 
-__all__ += ["Differentials", "differentials", "ddntk"]
+__all__ += ["Differentials", "differentials", "ddntk", "ddntk_moments"]
 
 
 class Differentials(NamedTuple):
@@ -391,3 +391,37 @@ def ddntk(ens: MLPEnsemble, x, lam_b=None, lam_W=None) -> tuple[torch.Tensor, to
         Neuron indices first, then the input indices in the same order.
     """
     return differentials(ens, x, lam_b, lam_W, order=3).ddntk()
+
+
+def ddntk_moments(ens: MLPEnsemble, x, lam_b=None, lam_W=None) -> torch.Tensor:
+    """Per-network estimators of the ddNTK means R/n, S/n, T/n, U/n  (§∞.1 of [RY]).
+
+    For distinct output neurons i ≠ j (normalization of :mod:`dlt_companion.flows.ddntk`):
+    E[dd_IĤ_{iijj}] = R/n_{L−1}, E[dd_IĤ_{ijij}] = S/n_{L−1}, E[dd_IIĤ_{iijj}] = T/n_{L−1},
+    E[dd_IIĤ_{ijij}] = U/n_{L−1}, input indices in the order of the neuron labels. Each
+    network's average over its n_L(n_L − 1) ordered pairs is an unbiased estimator.
+
+    Parameters
+    ----------
+    ens : MLPEnsemble
+        Output width n_L ≥ 2.
+    x : array or tensor [B, n_0]
+    lam_b, lam_W : as in :func:`empirical_ntk`
+
+    Returns
+    -------
+    tensor [M, 4, B, B, B, B]
+        R, S, T, U estimates (divided by n_{L−1}), indices [α, β, γ, δ].
+    """
+    if not isinstance(ens, MLPEnsemble):
+        raise ValueError(f"ens must be an MLPEnsemble, got {type(ens).__name__}")
+    n = ens.widths[-1]
+    if n < 2:
+        raise ValueError(f"the ddNTKs' index structures need two distinct output neurons; the output "
+                         f"width is {n} (use n_L >= 2; it does not enter R, S, T, U)")
+    dd1, dd2 = ddntk(ens, x, lam_b, lam_W)
+    off = 1.0 - torch.eye(n, dtype=dd1.dtype, device=dd1.device)
+    w = off[None, :, :, None, None, None, None] / (n * (n - 1))
+    pick = lambda t, spec: (torch.einsum(spec, t) * w).sum(dim=(1, 2))
+    return torch.stack([pick(dd1, "miijjabcd->mijabcd"), pick(dd1, "mijijabcd->mijabcd"),
+                        pick(dd2, "miijjabcd->mijabcd"), pick(dd2, "mijijabcd->mijabcd")], 1)

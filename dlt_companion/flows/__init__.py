@@ -22,3 +22,5 @@ from .preactivations import (Flow, SingleInputMoments, first_layer_kernel, four_
 
 __all__ = ["first_layer_kernel", "kernel", "vertex", "four_point", "kernel_correction", "run",
            "Flow", "single_input_moments", "SingleInputMoments", "ntk_mean"]
+from .ddntk import DDNTKStatistics, ddntk_rstu, ddntk_statistics, dntk_pq  # noqa: E402  Chapter ∞
+__all__ += ["DDNTKStatistics", "ddntk_statistics", "dntk_pq", "ddntk_rstu"]  # noqa: E402  Chapter ∞

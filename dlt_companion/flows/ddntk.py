@@ -88,7 +88,6 @@ from .. import _checks
 from ..activations import Activation
 from ..gaussian import Averages
 from . import _layers
-from .ntk import ntk_fluctuations
 from .preactivations import run
 
 __all__ = ["DDNTKStatistics", "ddntk_statistics", "dntk_pq", "ddntk_rstu"]
@@ -382,6 +381,8 @@ def ddntk_statistics(act, C_b, C_W, lam_b, lam_W, K1, Theta1, depth: int,
     if B > 4:
         raise ValueError(f"the ddNTK statistics involve averages over up to four distinct inputs; "
                          f"give at most 4 inputs, got {B}")
+    from .ntk import ntk_fluctuations          # Chapter 8's flow (imported here: it is a sibling module)
+
     fl = run(act, C_b, C_W, K1m, depth, widths=widths)
     nf = ntk_fluctuations(act, C_b, C_W, lam_b, lam_W, K1m, T1m, depth, widths=widths)
     four = (depth,) + (B,) * 4
