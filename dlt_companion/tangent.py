@@ -200,7 +200,7 @@ def _ntk_of(weights, biases, x, net, lam_b, lam_W, l: int, with_tangents: bool =
     zs = apply(weights[:l], biases[:l], x, act, net.xi[:l], net.gamma[:l])
     n_l = net.widths[l - 1]
     eye = torch.eye(n_l, dtype=x.dtype, device=x.device)
-    g = eye.expand(M, B, n_l, n_l)                            # ∂z^{(l)}_α/∂z^{(k)}_α, [M, B, n_l, n_k]
+    g = eye.expand(M, B, n_l, n_l).contiguous()               # ∂z^{(l)}_α/∂z^{(k)}_α, [M, B, n_l, n_k]
     H = 0.0
     tW, tb = [None] * l, [None] * l
     for k in range(l, 0, -1):
@@ -215,7 +215,8 @@ def _ntk_of(weights, biases, x, net, lam_b, lam_W, l: int, with_tangents: bool =
                 "maij,mak->miajk", g, prev)                                        # [M, n_l, B, n_k, n_{k-1}]
         if k > 1:
             d = act.torch[1](zs[k - 2])
-            new = xi * torch.matmul(g, weights[k - 1][:, None]) * d[:, :, None, :]
+            gW = torch.bmm(g.reshape(M, B * n_l, -1), weights[k - 1]).reshape(M, B, n_l, -1)
+            new = xi * gW * d[:, :, None, :]
             if net.gamma[k - 1] != 0.0:
                 new = new + net.gamma[k - 1] * g
             g = new
@@ -325,3 +326,248 @@ def dntk_preactivation_moments(ens: MLPEnsemble, x, lam_b=None, lam_W=None) -> t
     diag_Q = torch.einsum("miijabc->mijabc", d)                      # dĤ_{iij}
     Q = torch.einsum("mijabc,mdj->mabcd", diag_Q * (1 - eye)[None, :, :, None, None, None], z)
     return torch.stack([P, Q], 1) / pairs
+
+
+# ==========================================================================================
+# Chapter ∞ (§∞.1): the second-order differentials — the ddNTKs — of every network.
+# Section owned by the ch12 work (issue 15); the dNTK section of Chapter 11 is separate.
+# ==========================================================================================
+#
+# With the λ-weighted gradients u_{p} = λ ∂z_p/∂θ of every output p = (i, α) (λ_b for biases,
+# λ_W/n_{l−1} for weights), all differentials of the book are contractions of the derivatives
+# of z with these directions:
+#
+#   NTK       Ĥ_{pq}        = ⟨∂z_p, u_q⟩                           = Σ_μ λ_μ ∂_μ z_p ∂_μ z_q
+#   d2        T_{p;qr}      = ∂²z_p[u_q, u_r]                       (second derivative, two gradients)
+#   d3        I_{p;qrs}     = ∂³z_p[u_q, u_r, u_s]                  (third derivative, three gradients)
+#   d2d2      II_{pq;rs}    = ⟨∂²z_p·u_r, λ ∂²z_q·u_s⟩              (two Hessian-vector products)
+#
+# and in terms of these (the identities are derived in chapters/12_end_of_training.md)
+#
+#   dNTK      dĤ_{p0p1p2}   = Σ_μ λ_μ ∂_μ z_{p0} ∂_μ Ĥ_{p1p2}        = T_{p1;p0p2} + T_{p2;p0p1},
+#   ddNTK I   dd_IĤ_{p0p1p2p3}  = Σ_μν λ_μλ_ν ∂_μ z_{p0} ∂_ν z_{p1} ∂_μ∂_ν Ĥ_{p2p3}
+#                           = I_{p2;p3p0p1} + I_{p3;p2p0p1} + II_{p2p3;p0p1} + II_{p2p3;p1p0},
+#   ddNTK II  dd_IIĤ_{p1p2p3p4} = Σ_μν λ_μλ_ν ∂_μ z_{p1} ∂_μ∂_ν z_{p2} ∂_ν Ĥ_{p3p4}
+#                           = II_{p2p3;p1p4} + II_{p2p4;p1p3},
+#
+# so that one gradient-descent step (Δθ = −η λ Σ_p ∂z_p ε_p) changes the dNTK by
+# ΔdĤ_{p0p1p2} = −η Σ_p ε_p [dd_IĤ_{p0 p p1 p2} + dd_IIĤ_{p p0 p1 p2}] + O(η²).
+
+from typing import NamedTuple  # noqa: E402  (kept inside this chapter's section)
+
+__all__ += ["Differentials", "differentials", "ddntk", "ddntk_moments"]
+
+
+class Differentials(NamedTuple):
+    """Derivatives of the outputs of every network, contracted with λ-weighted gradients  (§∞.1).
+
+    Indices are written as in :func:`empirical_ntk`: neurons first, then inputs. With
+    u_{j;β} = λ ∂z_{j;β}/∂θ (λ_b for biases, λ_W^{(l)}/n_{l−1} for weights of layer l):
+
+    Attributes
+    ----------
+    ntk : tensor [M, n, n, B, B]
+        Ĥ_{i1i2;α1α2} = ⟨∂z_{i1;α1}, u_{i2;α2}⟩.
+    d2 : tensor [M, n, n, n, B, B, B]
+        T_{i0;i1i2;α0α1α2} = ∂²z_{i0;α0}[u_{i1;α1}, u_{i2;α2}] (symmetric in the last two pairs).
+    d3 : tensor [M, n, n, n, n, B, B, B, B] or None
+        I_{i0;i1i2i3} = ∂³z_{i0}[u_{i1}, u_{i2}, u_{i3}] (symmetric in the last three pairs).
+    d2d2 : tensor [M, n, n, n, n, B, B, B, B] or None
+        II_{i0i1;i2i3} = ⟨∂²z_{i0}·u_{i2}, λ ∂²z_{i1}·u_{i3}⟩ (symmetric under (i0,i2) ↔ (i1,i3)).
+
+    Here n = n_L (the output width) and B the number of inputs.
+    """
+
+    ntk: torch.Tensor
+    d2: torch.Tensor
+    d3: torch.Tensor | None
+    d2d2: torch.Tensor | None
+
+    def dntk(self) -> torch.Tensor:
+        """The dNTK dĤ_{i0i1i2;α0α1α2} = Σ_μ λ_μ ∂_μ z_{i0;α0} ∂_μ Ĥ_{i1i2;α1α2}  (§11.1)  [M, n,n,n, B,B,B]."""
+        T = _composite(self.d2, 3)
+        return _split(T.permute(0, 2, 1, 3) + T.permute(0, 2, 3, 1), 3, self.d2.shape[1])
+
+    def ddntk(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two ddNTKs (dd_IĤ, dd_IIĤ) of the module section's comment  (§∞.1); each [M, n×4, B×4]."""
+        if self.d3 is None or self.d2d2 is None:
+            raise ValueError("these differentials were computed with order=2; call "
+                             "tangent.differentials(..., order=3) for the ddNTKs")
+        n = self.d2.shape[1]
+        I, II = _composite(self.d3, 4), _composite(self.d2d2, 4)
+        # dd_I[p0,p1,p2,p3] = I[p2,p3,p0,p1] + I[p3,p2,p0,p1] + II[p2,p3,p0,p1] + II[p2,p3,p1,p0]
+        dd1 = (I.permute(0, 3, 4, 1, 2) + I.permute(0, 3, 4, 2, 1)
+               + II.permute(0, 3, 4, 1, 2) + II.permute(0, 4, 3, 1, 2))
+        # dd_II[p1,p2,p3,p4] = II[p2,p3,p1,p4] + II[p2,p4,p1,p3]
+        dd2 = II.permute(0, 3, 1, 2, 4) + II.permute(0, 3, 1, 4, 2)
+        return _split(dd1, 4, n), _split(dd2, 4, n)
+
+
+def _composite(t: torch.Tensor, k: int) -> torch.Tensor:
+    """[M, n×k, B×k] -> [M, P×k] with P = n·B, composite index p = i·B + α."""
+    M, n, B = t.shape[0], t.shape[1], t.shape[-1]
+    order = [0] + [x for j in range(k) for x in (1 + j, 1 + k + j)]
+    return t.permute(*order).reshape((M,) + (n * B,) * k)
+
+
+def _split(t: torch.Tensor, k: int, n: int) -> torch.Tensor:
+    """Inverse of :func:`_composite`: [M, P×k] -> [M, n×k, B×k]."""
+    M, P = t.shape[0], t.shape[1]
+    B = P // n
+    t = t.reshape((M,) + (n, B) * k)
+    order = [0] + [1 + 2 * j for j in range(k)] + [2 + 2 * j for j in range(k)]
+    return t.permute(*order)
+
+
+def _output_function(ens: MLPEnsemble, x: torch.Tensor):
+    """z of one network as a flat vector [n_L·B] (p = i·B + α) of its parameter tuple."""
+    from .ensembles import apply
+
+    net, L = ens.net, ens.depth
+
+    def f(params):
+        z = apply(params[:L], params[L:], x, net.act, net.xi, net.gamma, layers="last")[0]
+        return z.transpose(-1, -2).reshape(-1)
+    return f
+
+
+def _network_differentials(f, rates, order: int):
+    """Per-network differentials (vmapped over networks by the caller); composite indices."""
+    from torch.func import jacrev, jvp, vmap
+
+    def one(params):
+        J = jacrev(f)(params)                                        # leaves [P, *shape]
+        u = tuple(r * j for r, j in zip(rates, J))                   # λ-weighted gradients
+        H = sum(torch.einsum("p...,q...->pq", j, v) for j, v in zip(J, u))
+
+        def along(v):                                                # ∂z·v as a function of θ
+            return lambda p: jvp(f, (p,), (v,))[1]
+
+        # Hess z_a · u_b for every b: leaves [P(b), P(a), *shape] (reverse over forward)
+        Hu = vmap(lambda v: jacrev(along(v))(params))(u)
+        T = sum(torch.einsum("ba...,c...->abc", h, v) for h, v in zip(Hu, u))
+        if order < 3:
+            return H, T
+        II = sum(r * torch.einsum("ca...,db...->abcd", h, h) for r, h in zip(rates, Hu))
+
+        def third(vb, vc, vd):                                      # ∂³z[vb, vc, vd] for all a
+            g = lambda p: jvp(along(vb), (p,), (vc,))[1]
+            return jvp(g, (params,), (vd,))[1]
+        over_d = vmap(third, in_dims=(None, None, 0))
+        over_cd = vmap(over_d, in_dims=(None, 0, None))
+        I = vmap(over_cd, in_dims=(0, None, None))(u, u, u)          # [P(b), P(c), P(d), P(a)]
+        return H, T, I.permute(3, 0, 1, 2), II
+    return one
+
+
+def differentials(ens: MLPEnsemble, x, lam_b=None, lam_W=None, order: int = 3) -> Differentials:
+    """NTK, second- and third-order output differentials of every network  (§7.2, §11.1, §∞.1 of [RY]).
+
+    Exact derivatives from :mod:`torch.func` (Jacobians, Hessian-vector products by
+    reverse-over-forward, third derivatives by nested ``jvp``), vmapped over the M networks
+    of the ensemble (no Python loop over networks); the tests compare them with nested
+    ``jacrev`` of a tiny network.
+
+    Parameters
+    ----------
+    ens : MLPEnsemble
+        M networks (read, not changed).
+    x : array or tensor [B, n_0]
+        Inputs.
+    lam_b, lam_W : float, sequence of L, or None
+        Learning-rate tensor (None: the description's, see :func:`empirical_ntk`).
+    order : 2 or 3
+        2 computes the NTK and d2 (enough for the dNTK); 3 adds d3 and d2d2 (the ddNTKs).
+
+    Returns
+    -------
+    Differentials
+        Fields ``ntk``, ``d2``, ``d3``, ``d2d2`` (class docstring), in the ensemble's dtype.
+
+    Notes
+    -----
+    With P = n_L·B outputs and N parameters per network, memory is M·P²·N for the
+    Hessian-vector products and time about (P + P³) forward-mode passes per network; use it
+    on modest P (the chapters use n_L = 1, B ≤ 4) and stream large ensembles through
+    :func:`dlt_companion.ensembles.map_networks`.
+    """
+    from torch.func import vmap
+
+    if order not in (2, 3):
+        raise ValueError(f"order must be 2 (NTK and d2) or 3 (also the ddNTK pieces), got {order!r}")
+    lam_b, lam_W = learning_rates(ens, lam_b, lam_W)
+    x = ens._inputs(x)
+    net, L = ens.net, ens.depth
+    rates = tuple(lw / n for lw, n in zip(lam_W, net.fan_in)) + tuple(lam_b)
+    f = _output_function(ens, x)
+    params = tuple(ens.weights) + tuple(ens.biases)
+    with torch.enable_grad():
+        out = vmap(_network_differentials(f, rates, order))(params)
+    H, T, I, II = out if order == 3 else out + (None, None)
+    n = net.widths[-1]
+    return Differentials(_split(H, 2, n), _split(T, 3, n),
+                         None if I is None else _split(I, 4, n),
+                         None if II is None else _split(II, 4, n))
+
+
+def ddntk(ens: MLPEnsemble, x, lam_b=None, lam_W=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two ddNTKs, dd_IĤ and dd_IIĤ, of every network  (§∞.1 of [RY]).
+
+    With λ-weighted gradients (λ_b for biases, λ_W^{(l)}/n_{l−1} for weights of layer l):
+
+        dd_IĤ_{i0i1i2i3;α0α1α2α3}  = Σ_μν λ_μ λ_ν (∂z_{i0;α0}/∂θ_μ)(∂z_{i1;α1}/∂θ_ν)(∂²Ĥ_{i2i3;α2α3}/∂θ_μ∂θ_ν),
+        dd_IIĤ_{i1i2i3i4;α1α2α3α4} = Σ_μν λ_μ λ_ν (∂z_{i1;α1}/∂θ_μ)(∂²z_{i2;α2}/∂θ_μ∂θ_ν)(∂Ĥ_{i3i4;α3α4}/∂θ_ν),
+
+    so that one gradient-descent step at rate η changes the dNTK (:meth:`Differentials.dntk`) by
+    ΔdĤ_{i0i1i2} = −η Σ_{j,β} ε_{j;β} [dd_IĤ_{i0 j i1 i2} + dd_IIĤ_{j i0 i1 i2}] + O(η²)
+    (input indices carried with their neurons; ε = z − y on the training inputs).
+    dd_IĤ is symmetric in its first two and in its last two (neuron, input) pairs;
+    dd_IIĤ in its last two.
+
+    Parameters
+    ----------
+    ens : MLPEnsemble
+    x : array or tensor [B, n_0]
+    lam_b, lam_W : float, sequence of L, or None
+        As in :func:`empirical_ntk`.
+
+    Returns
+    -------
+    dd_I, dd_II : tensors [M, n_L, n_L, n_L, n_L, B, B, B, B]
+        Neuron indices first, then the input indices in the same order.
+    """
+    return differentials(ens, x, lam_b, lam_W, order=3).ddntk()
+
+
+def ddntk_moments(ens: MLPEnsemble, x, lam_b=None, lam_W=None) -> torch.Tensor:
+    """Per-network estimators of the ddNTK means R/n, S/n, T/n, U/n  (§∞.1 of [RY]).
+
+    For distinct output neurons i ≠ j (normalization of :mod:`dlt_companion.flows.ddntk`):
+    E[dd_IĤ_{iijj}] = R/n_{L−1}, E[dd_IĤ_{ijij}] = S/n_{L−1}, E[dd_IIĤ_{iijj}] = T/n_{L−1},
+    E[dd_IIĤ_{ijij}] = U/n_{L−1}, input indices in the order of the neuron labels. Each
+    network's average over its n_L(n_L − 1) ordered pairs is an unbiased estimator.
+
+    Parameters
+    ----------
+    ens : MLPEnsemble
+        Output width n_L ≥ 2.
+    x : array or tensor [B, n_0]
+    lam_b, lam_W : as in :func:`empirical_ntk`
+
+    Returns
+    -------
+    tensor [M, 4, B, B, B, B]
+        R, S, T, U estimates (divided by n_{L−1}), indices [α, β, γ, δ].
+    """
+    if not isinstance(ens, MLPEnsemble):
+        raise ValueError(f"ens must be an MLPEnsemble, got {type(ens).__name__}")
+    n = ens.widths[-1]
+    if n < 2:
+        raise ValueError(f"the ddNTKs' index structures need two distinct output neurons; the output "
+                         f"width is {n} (use n_L >= 2; it does not enter R, S, T, U)")
+    dd1, dd2 = ddntk(ens, x, lam_b, lam_W)
+    off = 1.0 - torch.eye(n, dtype=dd1.dtype, device=dd1.device)
+    w = off[None, :, :, None, None, None, None] / (n * (n - 1))
+    pick = lambda t, spec: (torch.einsum(spec, t) * w).sum(dim=(1, 2))
+    return torch.stack([pick(dd1, "miijjabcd->mijabcd"), pick(dd1, "mijijabcd->mijabcd"),
+                        pick(dd2, "miijjabcd->mijabcd"), pick(dd2, "mijijabcd->mijabcd")], 1)
