@@ -299,7 +299,7 @@ def nu(act) -> float:
 
     crit = critical_point(act)
     if crit.universality == "scale-invariant":
-        return float(crit.coefficients["V_slope"])
+        return float(crit.coefficients.V_slope)
     if crit.universality == "K*=0":
         return 2.0 / 3.0
     raise ValueError(f"{crit.activation} is in the '{crit.universality}' class; ν (the slope of "
