@@ -7,6 +7,8 @@ mean the same thing everywhere.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .. import _checks
@@ -81,3 +83,51 @@ def check_layer(name: str, value: np.ndarray, layer: int, why: str) -> None:
     if not biggest < 1e250:                                  # also catches NaN
         raise ValueError(f"the {name} diverged at layer {layer} (it is no longer a finite number "
                          f"of sensible size): {why}")
+
+
+class LayerStatistics:
+    """What every flow's result shares: a copy with fields replaced, the depth, the fan-ins.
+
+    Mixed into the frozen dataclasses the flows return (:class:`~dlt_companion.flows.Flow`,
+    :class:`~dlt_companion.flows.NTKFluctuations`, :class:`~dlt_companion.flows.DNTKStatistics`,
+    :class:`~dlt_companion.flows.DDNTKStatistics`); each has a kernel field ``K`` ([L] for one
+    input, [L, B, B] for several) and ``widths`` (None for an equal-width flow).
+    """
+
+    def replace(self, **changes):
+        """A copy with some fields replaced (e.g. a deliberately wrong theory for a power check).
+
+        Parameters
+        ----------
+        **changes
+            New field values (e.g. ``V=0.8 * flow.V``).
+        """
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def depth(self) -> int:
+        """Number of layers L."""
+        return len(self.K)
+
+    @property
+    def single_input(self) -> bool:
+        """Whether the statistics are for one input (per-layer scalars)."""
+        return np.ndim(self.K) == 1
+
+    def fan_in(self, n: int | None = None) -> np.ndarray:
+        """n_{l−1} for l = 1..L (layer 1's entry is irrelevant and set to 1 when unknown).
+
+        Parameters
+        ----------
+        n : int, optional
+            The hidden width of an equal-width flow; must not be given when the flow has
+            per-layer widths.
+        """
+        if self.widths is None:
+            if n is None:
+                raise ValueError("equal-width flow: pass the width n")
+            return np.full(self.depth, float(_checks.width(n)))
+        if n is not None:
+            raise ValueError(f"this flow was computed for per-layer widths {list(self.widths)}; "
+                             "call it without n (the widths are already known)")
+        return np.array([1.0] + [float(w) for w in self.widths[: self.depth - 1]])

@@ -79,7 +79,6 @@ Cambridge University Press (2022), arXiv:2106.10165.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,7 +126,7 @@ def _perm(t: np.ndarray, order: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class DDNTKStatistics:
+class DDNTKStatistics(_layers.LayerStatistics):
     """Per-layer statistics at initialization that the end of training needs, l = 1..L  (§∞.1 of [RY]).
 
     Every tensor has a leading layer axis of length L; tensors with four input indices are
@@ -174,14 +173,6 @@ class DDNTKStatistics:
     T1: np.ndarray
     U1: np.ndarray
 
-    def replace(self, **changes) -> "DDNTKStatistics":
-        """A copy with some fields replaced (e.g. a deliberately wrong theory)."""
-        return dataclasses.replace(self, **changes)
-
-    @property
-    def depth(self) -> int:
-        return len(self.K)
-
     @property
     def P(self) -> np.ndarray:
         """The dNTK–preactivation tensor P [L, B, B, B, B] (module docstring)."""
@@ -211,18 +202,6 @@ class DDNTKStatistics:
     def U(self) -> np.ndarray:
         """Mean of dd_IIĤ, pairing (i1i3)(i2i4): U [L, B, B, B, B]."""
         return ddntk_rstu(self.R1, self.S1, self.T1, self.U1)[3]
-
-    def fan_in(self, n: int | None = None) -> np.ndarray:
-        """n_{l−1} for l = 1..L (as :meth:`dlt_companion.flows.Flow.fan_in`)."""
-        if self.widths is None:
-            if n is None:
-                raise ValueError("equal-width statistics: pass the width n")
-            return np.full(self.depth, float(_checks.width(n)))
-        if n is not None:
-            raise ValueError(f"these statistics were computed for widths {list(self.widths)}; "
-                             "call without n")
-        return np.array([1.0] + [float(w) for w in self.widths[: self.depth - 1]])
-
 
 def dntk_pq(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The book's dNTK–preactivation tensors (P, Q) from (X, Y)  (§11.2; module docstring).

@@ -57,7 +57,6 @@ Cambridge University Press (2022), arXiv:2106.10165.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,7 +70,7 @@ __all__ = ["dntk_statistics", "DNTKStatistics"]
 
 
 @dataclass(frozen=True)
-class DNTKStatistics:
+class DNTKStatistics(_layers.LayerStatistics):
     """Per-layer dNTK–preactivation cross-correlation P, Q to order 1/n, layers l = 1..L  (§11.2).
 
     ``P[l-1]`` and ``Q[l-1]`` are P^{(l)}, Q^{(l)} in the normalization of the module
@@ -100,18 +99,6 @@ class DNTKStatistics:
     Theta: np.ndarray
     P: np.ndarray
     Q: np.ndarray
-
-    def replace(self, **changes) -> "DNTKStatistics":
-        """A copy with some fields replaced (how a notebook builds a deliberately wrong theory)."""
-        return dataclasses.replace(self, **changes)
-
-    @property
-    def depth(self) -> int:
-        return len(self.K)
-
-    @property
-    def single_input(self) -> bool:
-        return self.K.ndim == 1
 
     def relative(self) -> dict:
         """Dimensionless one-input ratios P/Θ² and Q/Θ² per layer  (§11.3).

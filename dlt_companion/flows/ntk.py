@@ -48,7 +48,6 @@ Cambridge University Press (2022), arXiv:2106.10165.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,7 +117,7 @@ def ntk_mean(act, C_b, C_W, lam_b, lam_W, K1, Theta1, depth: int, xi=1.0, gamma=
 # --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class NTKFluctuations:
+class NTKFluctuations(_layers.LayerStatistics):
     """Per-layer NTK statistics at initialization to order 1/n, layers l = 1..L  (§8.1–8.3 of [RY]).
 
     Array indices follow the book's subscripts *in the order written*: for several inputs
@@ -163,36 +162,6 @@ class NTKFluctuations:
     B: np.ndarray
     D: np.ndarray
     F: np.ndarray
-
-    def replace(self, **changes) -> "NTKFluctuations":
-        """A copy with some fields replaced (e.g. a deliberately wrong theory for a power check)."""
-        return dataclasses.replace(self, **changes)
-
-    @property
-    def depth(self) -> int:
-        """Number of layers L."""
-        return len(self.K)
-
-    @property
-    def single_input(self) -> bool:
-        return self.K.ndim == 1
-
-    def fan_in(self, n: int | None = None) -> np.ndarray:
-        """n_{l−1} for l = 1..L (layer 1's entry is irrelevant and set to 1 when unknown).
-
-        Parameters
-        ----------
-        n : int, optional
-            The hidden width of an equal-width flow; must not be given for per-layer widths.
-        """
-        if self.widths is None:
-            if n is None:
-                raise ValueError("equal-width flow: pass the width n")
-            return np.full(self.depth, float(_checks.width(n)))
-        if n is not None:
-            raise ValueError(f"this flow was computed for per-layer widths {list(self.widths)}; "
-                             "call it without n (the widths are already known)")
-        return np.array([1.0] + [float(w) for w in self.widths[: self.depth - 1]])
 
     def relative(self) -> dict:
         """Dimensionless one-input fluctuations A/Θ², B/Θ², D/(KΘ), F/(KΘ) per layer  (§9.1–9.3).

@@ -42,7 +42,6 @@ E[z z] = K + G^{{1}}/n_{l−1} layer by layer.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -216,7 +215,7 @@ def single_input_moments(act, K) -> SingleInputMoments:
 # --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Flow:
+class Flow(_layers.LayerStatistics):
     """Per-layer statistics of preactivations at initialization, layers l = 1..L  (Ch. 4 of [RY]).
 
     Attributes
@@ -246,47 +245,10 @@ class Flow:
     K_corr: np.ndarray | None
     chi_par: np.ndarray | None = None
 
-    def replace(self, **changes) -> "Flow":
-        """A copy with some fields replaced (e.g. a deliberately wrong theory for a power check).
-
-        Parameters
-        ----------
-        **changes
-            New field values (e.g. ``V=0.8 * flow.V``).
-
-        Returns
-        -------
-        Flow
-        """
-        return dataclasses.replace(self, **changes)
-
-    @property
-    def depth(self) -> int:
-        """Number of layers L."""
-        return len(self.K)
-
     @property
     def G1(self) -> np.ndarray | None:
         """The book's name for ``K_corr``: the 1/n correction G^{{1}} to the metric."""
         return self.K_corr
-
-    def fan_in(self, n: int | None = None) -> np.ndarray:
-        """n_{l−1} for l = 1..L (layer 1's entry is irrelevant and set to 1 when unknown).
-
-        Parameters
-        ----------
-        n : int, optional
-            The hidden width of an equal-width flow; must not be given when the flow has
-            per-layer widths.
-        """
-        if self.widths is None:
-            if n is None:
-                raise ValueError("equal-width flow: pass the width n")
-            return np.full(self.depth, float(_checks.width(n)))
-        if n is not None:
-            raise ValueError(f"this flow was computed for per-layer widths {list(self.widths)}; "
-                             "call it without n (the widths are already known)")
-        return np.array([1.0] + [float(w) for w in self.widths[: self.depth - 1]])
 
     def metric(self, n: int | None = None) -> np.ndarray:
         """G^{(l)} = K^{(l)} + G^{{1}(l)}/n_{l−1}  (§4.5 of [RY]).

@@ -37,7 +37,6 @@ Cambridge University Press (2022), arXiv:2106.10165.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,10 +67,6 @@ class ResidualFlow(Flow):
     T: np.ndarray | None = None
     xi: tuple = ()
     gamma: tuple = ()
-
-    def replace(self, **changes) -> "ResidualFlow":
-        """A copy with some fields replaced (e.g. a deliberately wrong theory)."""
-        return dataclasses.replace(self, **changes)
 
 
 def _couplings(depth: int, xi, gamma) -> tuple[tuple, tuple]:
