@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -254,7 +255,12 @@ def chapter_map() -> str:
     end = text.find("\n## ", start + 1)
     heading, _, body = text[start:end if end >= 0 else None].partition("\n")
     table = body.find("\n|")
-    return heading + "\n" + (body[table:] if table >= 0 else body).rstrip() + "\n"
+    body = (body[table:] if table >= 0 else body).rstrip()
+    # documents that are not chapters (the semester plan, chapters/README.md) are not on the
+    # site: link them on the repository's host instead
+    body = re.sub(r"\]\((chapters/[^)]+\.md)\)",
+                  lambda m: f"]({repository_url()}/blob/HEAD/{m.group(1)})", body)
+    return heading + "\n" + body + "\n"
 
 
 def stage_site(notebooks: Path, stage: Path) -> list[str]:
