@@ -200,6 +200,12 @@ def run(only: str | None = None, inplace: bool = False, out: Path = ROOT / "buil
             status, nb = "FAILED", None
             print(str(exc)[-3000:], file=sys.stderr)
         seconds = time.perf_counter() - t0
+        errors = [o for c in (nb.cells if nb is not None else []) for o in c.get("outputs", [])
+                  if o.get("output_type") == "error"]
+        if errors:  # e.g. a figure that fails to render raises after its cell has finished
+            status, nb = "FAILED", None
+            print(f"{src.stem}: an error output was recorded: {errors[0].get('ename')}: "
+                  f"{errors[0].get('evalue')}", file=sys.stderr)
         checks = count_checks(nb) if nb is not None else 0
         results.append(Result(src.stem, seconds, checks, status))
         if nb is None:

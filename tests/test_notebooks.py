@@ -76,6 +76,9 @@ def test_notebook_is_executed_starts_with_setup_and_checks_theory(source):
     assert "✔" in outputs, "a chapter must close with at least one theory-vs-experiment assertion"
     assert not any(o.get("name") == "stderr" for c in code for o in c.get("outputs", [])), \
         "stored outputs must not contain stderr (warnings, progress bars)"
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, (f"a stored output is an error ({errors[0].get('ename') if errors else ''}): "
+                        "a figure that fails to render raises after its cell has run")
 
 
 def test_headless_kernels_use_ipc_and_print_no_tcp_warning(tmp_path):
