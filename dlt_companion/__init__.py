@@ -22,7 +22,7 @@ Reference: D. A. Roberts, S. Yaida, B. Hanin, *The Principles of Deep Learning T
 Cambridge University Press (2022), arXiv:2106.10165 -- cited as [RY].
 """
 
-from . import (activations, bayes, criticality, cumulants, ensembles, flows, gaussian, information,
+from . import (activations, bayes, complexity, criticality, cumulants, ensembles, flows, gaussian, information,
                linear, network, plotting, stats, tangent, training)
 from .network import MLP
 from .notebook import setup
