@@ -433,6 +433,37 @@ def row_ntk(M, n, L, B, repeats) -> Row:
                f"{ratio:.0f}× ({t_batch * 1e3:.0f} ms vs {t_loop * 1e3:.0f} ms)", "≥ 10×", ratio >= 10)
 
 
+def sgd_baseline(net, ens, eta):
+    """The baseline of rows 7 and 9: one ``nn.Sequential`` and one ``torch.optim.SGD`` per network.
+
+    Each module starts from network m of ``ens``; its parameter groups carry the book's
+    learning-rate tensor (η λ_W/n_{l−1} for weights, η λ_b for biases), so that SGD steps the
+    same parameters as :func:`dlt_companion.training.gradient_descent`.
+    """
+    act = net.act.torch[0]
+
+    class Act(torch.nn.Module):
+        def forward(self, z):
+            return act(z)
+
+    nets, opts = [], []
+    for m in range(ens.n_networks):
+        layers, groups = [], []
+        for l, (w, fan) in enumerate(zip(net.widths, net.fan_in)):
+            lin = torch.nn.Linear(fan, w, dtype=torch.float64)
+            with torch.no_grad():
+                lin.weight.copy_(ens.weights[l][m])
+                lin.bias.copy_(ens.biases[l][m])
+            layers.append(lin)
+            groups += [{"params": [lin.weight], "lr": eta * net.lam_W[l] / fan},
+                       {"params": [lin.bias], "lr": eta * net.lam_b[l]}]
+            if l < net.depth - 1:
+                layers.append(Act())
+        nets.append(torch.nn.Sequential(*layers))
+        opts.append(torch.optim.SGD(groups))
+    return nets, opts
+
+
 def row_train_step(M, n, L, B, repeats) -> Row:
     """One training.gradient_descent step of M networks ÷ a loop of torch.optim.SGD over nn.Modules."""
     from dlt_companion import training
@@ -444,30 +475,6 @@ def row_train_step(M, n, L, B, repeats) -> Row:
     y = torch.randn(B, 1, dtype=torch.float64, generator=gen)
     eta = 0.05
     base = net.ensemble(M, seed=0)
-    act = net.act.torch[0]
-
-    class Act(torch.nn.Module):
-        def forward(self, z):
-            return act(z)
-
-    def modules(ens):
-        nets, opts = [], []
-        for m in range(M):
-            layers, groups = [], []
-            for l, (w, fan) in enumerate(zip(net.widths, net.fan_in)):
-                lin = torch.nn.Linear(fan, w, dtype=torch.float64)
-                with torch.no_grad():
-                    lin.weight.copy_(ens.weights[l][m])
-                    lin.bias.copy_(ens.biases[l][m])
-                layers.append(lin)
-                groups += [{"params": [lin.weight], "lr": eta * net.lam_W[l] / fan},
-                           {"params": [lin.bias], "lr": eta * net.lam_b[l]}]
-                if l < L - 1:
-                    layers.append(Act())
-            nets.append(torch.nn.Sequential(*layers))
-            opts.append(torch.optim.SGD(groups))
-        return nets, opts
-
     def sgd_loop(nets, opts):
         out = []
         for model, opt in zip(nets, opts):
@@ -481,7 +488,7 @@ def row_train_step(M, n, L, B, repeats) -> Row:
         return torch.stack(out)
 
     ens = base.clone()
-    nets, opts = modules(ens)
+    nets, opts = sgd_baseline(net, ens, eta)
     training.gradient_descent(ens, x, y, eta, 1)
     sgd_loop(nets, opts)
     err = max(float((ens.weights[l] - torch.stack([nets[m][2 * l].weight.detach() for m in range(M)])).abs().max())
@@ -561,30 +568,6 @@ def row_train_throughput(M, n, L, B, steps, repeats) -> Row:
     y = torch.randn(B, 1, dtype=torch.float64, generator=gen)
     eta = 0.05
     base = net.ensemble(M, seed=0)
-    act = net.act.torch[0]
-
-    class Act(torch.nn.Module):
-        def forward(self, z):
-            return act(z)
-
-    def modules():
-        nets, opts = [], []
-        for m in range(M):
-            layers, groups = [], []
-            for l, (w, fan) in enumerate(zip(net.widths, net.fan_in)):
-                lin = torch.nn.Linear(fan, w, dtype=torch.float64)
-                with torch.no_grad():
-                    lin.weight.copy_(base.weights[l][m])
-                    lin.bias.copy_(base.biases[l][m])
-                layers.append(lin)
-                groups += [{"params": [lin.weight], "lr": eta * net.lam_W[l] / fan},
-                           {"params": [lin.bias], "lr": eta * net.lam_b[l]}]
-                if l < L - 1:
-                    layers.append(Act())
-            nets.append(torch.nn.Sequential(*layers))
-            opts.append(torch.optim.SGD(groups))
-        return nets, opts
-
     def sgd_loop(nets, opts):
         for model, opt in zip(nets, opts):
             for _ in range(steps):
@@ -594,7 +577,7 @@ def row_train_throughput(M, n, L, B, steps, repeats) -> Row:
                 opt.step()
 
     ens = base.clone()
-    nets, opts = modules()
+    nets, opts = sgd_baseline(net, base, eta)
     training.gradient_descent(ens, x, y, eta, steps)
     sgd_loop(nets, opts)
     err = max(float((ens.weights[l] - torch.stack([nets[m][2 * l].weight.detach() for m in range(M)])).abs().max())
