@@ -137,3 +137,20 @@ def test_five_inputs_vertex_restricts_to_the_four_input_one():
     V5 = flows.vertex("tanh", 0.1, 1.2, K1, 3)
     V4 = flows.vertex("tanh", 0.1, 1.2, K1[:4, :4], 3)
     np.testing.assert_allclose(V5[:, :4, :4, :4, :4], V4, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu", "gelu", "softplus", "sin", "linear", "leaky_relu"])
+def test_one_input_fast_path_equals_the_general_engine(act):
+    """flows.run's scalar one-input loop computes what the [B, B] engine path computes at B = 1."""
+    from dlt_companion.activations import get
+    from dlt_companion.flows import _layers, preactivations
+
+    depth = 6
+    C_b, C_W = _layers.hyper(depth, (0.0, 0.1, 0.2, 0.0, 0.3, 0.1), (1.0, 2.0, 1.5, 0.9, 1.2, 1.1))
+    ratios = np.array([1.0, 2.0, 0.5, 1.0, 1.5, 1.0])
+    K1 = np.array([[1.3]])
+    fast = preactivations._flow_one_input(get(act), C_b, C_W, K1, depth, ratios)
+    general = preactivations._flow_general(get(act), C_b, C_W, K1, depth, ratios, True)
+    for name, a, b in zip(("K", "V", "G1", "chi"), fast, general):
+        scale = max(1.0, float(np.max(np.abs(b))))
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13 * scale, err_msg=name)
