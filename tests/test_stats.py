@@ -210,3 +210,20 @@ def test_assert_rejects_uses_the_same_rule_as_assert_agree(capsys):
         stats.assert_rejects("consistent", np.zeros(3), [0.5, -0.5, 1.0], np.ones(3))
     with pytest.raises(ValueError):
         stats.assert_rejects("nan", [np.nan], [1.0], [1.0])
+
+
+def test_jackknife_covariance_of_many_points_does_not_inflate_the_chi2():
+    """With a few hundred blocks, Δᵀ Ĉ⁻¹ Δ over 64 points averages 1.48 N (Hotelling), and a
+    right theory fails the p-value criterion; the default block count keeps it near N."""
+    rng = np.random.default_rng(0)
+    N, M = 64, 20_000
+    mix = np.eye(N) + 0.3 * np.tri(N, k=-1) / np.sqrt(N)          # correlated points
+    chi2, chi2_200 = [], []
+    for _ in range(12):
+        x = rng.standard_normal((M, N)) @ mix.T
+        value = x.mean(0)                                             # the theory (0) is right
+        for out, blocks in ((chi2, None), (chi2_200, 200)):
+            C = stats.covariance(x, lambda a: a, n_blocks=blocks)     # the estimator path
+            out.append(value @ np.linalg.solve(C, value) / N)
+    assert np.mean(chi2) < 1.12, np.mean(chi2)
+    assert np.mean(chi2_200) > 1.3, np.mean(chi2_200)                # the old default: ≈ 1.48
