@@ -56,7 +56,7 @@ from . import _checks
 __all__ = ["truncated_descent", "composite_statistics", "CompositeStatistics", "trained_prediction",
            "TrainedPrediction", "steps_to_converge", "kernel_model_outputs", "train_ensemble",
            "unpack_trained", "measured_pieces", "extrapolate", "WidthFit", "function_space_descent",
-           "PIECES"]
+           "PIECES", "giant_leaps"]
 
 #: names of the O(1/n) pieces of the trained mean and covariance, in order
 PIECES = ("Theta1", "dNTK_var", "dNTK", "ddNTK")
@@ -633,7 +633,7 @@ def train_ensemble(ens, x, y, n_train: int, eta: float, steps: int, desc: str | 
     yt = training.targets(ens, y, n_train)                      # [n_train, n_L] (or per network)
     train = [i * B + a for i in range(nL) for a in range(n_train)]
     z0 = ens.output(x).transpose(1, 2).reshape(ens.n_networks, -1)        # [M, P]
-    H0 = tangent._composite(tangent.empirical_ntk(ens, x), 2)              # [M, P, P]
+    H0 = tangent.composite(tangent.empirical_ntk(ens, x), 2)              # [M, P, P]
     yA = yt.transpose(-1, -2).reshape(*yt.shape[:-2], -1)
     zK = kernel_model_outputs(z0, H0, yA, None, None, train)
     zK0 = kernel_model_outputs(torch.zeros_like(z0), H0, yA, None, None, train)
@@ -825,3 +825,48 @@ def function_space_descent(ens, x, y, Xi, steps: int, desc: str | None = None) -
                 if r:
                     p.sub_(gr, alpha=r)
     return losses
+
+
+def giant_leaps(ens, x, y, n_train: int, Xi, leaps: int = 1) -> torch.Tensor:
+    """Outputs after ``leaps`` giant leaps, less each network's frozen-NTK response to its own z(0)  (§10.2, §∞.2).
+
+    Trains the ensemble in place with :func:`function_space_descent` (learning-rate tensor
+    Ξ, e.g. Θ̃⁻¹ for the infinite-width leap to the minimum) and subtracts what its kernel
+    model (NTK frozen at initialization, :func:`kernel_model_outputs`) does to z(0) with
+    zero targets. That part is odd in z(0), so its mean over initializations is exactly zero,
+    and removing it takes the O(1) network-to-network noise out of the O(1/n) mean that
+    :func:`trained_prediction` (``eta=Xi``, ``steps=leaps``) predicts.
+
+    Parameters
+    ----------
+    ens : MLPEnsemble
+        Updated in place.
+    x : array [B, n_0]
+        The ``n_train`` training inputs first, then test inputs.
+    y : array [n_train] (n_L = 1) or [n_train, n_L]
+    n_train : int, 1 ≤ n_train ≤ B
+    Xi : array [P_A, P_A]
+        Learning-rate tensor over the training pairs (P_A = n_L·n_train, neuron-major).
+    leaps : int ≥ 0
+
+    Returns
+    -------
+    tensor [M, P]
+        Per network, in composite indices p = i·B + α (P = n_L·B).
+    """
+    from . import tangent
+
+    x = ens._inputs(x)
+    B, nL, M = x.shape[0], ens.widths[-1], ens.n_networks
+    n_train = _checks.width(n_train, "n_train")
+    if n_train > B:
+        raise ValueError(f"n_train = {n_train} but x holds only {B} inputs")
+    leaps = _check_steps(leaps)
+    train = [i * B + a for i in range(nL) for a in range(n_train)]
+    z0 = ens.output(x).transpose(1, 2).reshape(M, -1)
+    H0 = tangent.composite(tangent.empirical_ntk(ens, x), 2)
+    Xi_t = torch.as_tensor(np.asarray(Xi, dtype=float), dtype=z0.dtype, device=z0.device)
+    odd = kernel_model_outputs(z0, H0, torch.zeros(len(train), dtype=z0.dtype, device=z0.device),
+                               Xi_t, leaps, train)
+    function_space_descent(ens, x[:n_train], y, Xi, leaps)
+    return ens.output(x).transpose(1, 2).reshape(M, -1) - odd

@@ -355,7 +355,7 @@ def dntk_preactivation_moments(ens: MLPEnsemble, x, lam_b=None, lam_W=None) -> t
 
 from typing import NamedTuple  # noqa: E402  (kept inside this chapter's section)
 
-__all__ += ["Differentials", "differentials", "ddntk", "ddntk_moments"]
+__all__ += ["Differentials", "differentials", "ddntk", "ddntk_moments", "composite"]
 
 
 class Differentials(NamedTuple):
@@ -385,7 +385,7 @@ class Differentials(NamedTuple):
 
     def dntk(self) -> torch.Tensor:
         """The dNTK dĤ_{i0i1i2;α0α1α2} = Σ_μ λ_μ ∂_μ z_{i0;α0} ∂_μ Ĥ_{i1i2;α1α2}  (§11.1)  [M, n,n,n, B,B,B]."""
-        T = _composite(self.d2, 3)
+        T = composite(self.d2, 3)
         return _split(T.permute(0, 2, 1, 3) + T.permute(0, 2, 3, 1), 3, self.d2.shape[1])
 
     def ddntk(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,7 +394,7 @@ class Differentials(NamedTuple):
             raise ValueError("these differentials were computed with order=2; call "
                              "tangent.differentials(..., order=3) for the ddNTKs")
         n = self.d2.shape[1]
-        I, II = _composite(self.d3, 4), _composite(self.d2d2, 4)
+        I, II = composite(self.d3, 4), composite(self.d2d2, 4)
         # dd_I[p0,p1,p2,p3] = I[p2,p3,p0,p1] + I[p3,p2,p0,p1] + II[p2,p3,p0,p1] + II[p2,p3,p1,p0]
         dd1 = (I.permute(0, 3, 4, 1, 2) + I.permute(0, 3, 4, 2, 1)
                + II.permute(0, 3, 4, 1, 2) + II.permute(0, 4, 3, 1, 2))
@@ -403,15 +403,39 @@ class Differentials(NamedTuple):
         return _split(dd1, 4, n), _split(dd2, 4, n)
 
 
-def _composite(t: torch.Tensor, k: int) -> torch.Tensor:
-    """[M, n×k, B×k] -> [M, P×k] with P = n·B, composite index p = i·B + α."""
+def composite(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-network differentials over composite indices p = i·B + α (neuron-major)  (§∞.2).
+
+    The differentials of this module are indexed [M, i_1..i_k, α_1..α_k] (k output neurons,
+    then k inputs); the end-of-training dynamics of :mod:`dlt_companion.finite_width` use one
+    composite index per output, p = (i, α).
+
+    Parameters
+    ----------
+    t : tensor [M, n_L × k, B × k]
+        E.g. the NTK of :func:`empirical_ntk` (k = 2), or ``Differentials.d2`` (k = 3).
+    k : int ≥ 1
+        Number of (neuron, input) slots.
+
+    Returns
+    -------
+    tensor [M, P × k] with P = n_L·B
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer (the number of slots), got {k!r}")
+    if not torch.is_tensor(t) or t.ndim != 1 + 2 * k:
+        raise ValueError(f"t must be a tensor [M, n_L x {k}, B x {k}] with {1 + 2 * k} dimensions, "
+                         f"got {tuple(t.shape) if torch.is_tensor(t) else type(t).__name__}")
     M, n, B = t.shape[0], t.shape[1], t.shape[-1]
+    if tuple(t.shape[1:]) != (n,) * k + (B,) * k:
+        raise ValueError(f"t must be [M, n_L x {k}, B x {k}] with equal neuron and equal input sizes, "
+                         f"got {tuple(t.shape)}")
     order = [0] + [x for j in range(k) for x in (1 + j, 1 + k + j)]
     return t.permute(*order).reshape((M,) + (n * B,) * k)
 
 
 def _split(t: torch.Tensor, k: int, n: int) -> torch.Tensor:
-    """Inverse of :func:`_composite`: [M, P×k] -> [M, n×k, B×k]."""
+    """Inverse of :func:`composite`: [M, P×k] -> [M, n×k, B×k]."""
     M, P = t.shape[0], t.shape[1]
     B = P // n
     t = t.reshape((M,) + (n, B) * k)

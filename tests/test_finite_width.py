@@ -113,7 +113,7 @@ def test_truncated_descent_follows_a_wide_network_better_than_its_kernel_model()
     net = MLP(2, [256, 1], "tanh", C_W=1.2)
     ens = net.ensemble(16, seed=5)
     D = tangent.differentials(ens, X3)
-    c = lambda a, k: tangent._composite(a, k)
+    c = lambda a, k: tangent.composite(a, k)
     z0 = ens.output(X3)[:, :, 0]
     eta, steps = 0.5, 40
     args = (c(D.ntk, 2), c(D.d2, 3), c(D.d3, 4), c(D.d2d2, 4))
@@ -140,3 +140,39 @@ def test_bad_input_is_refused(comp):
                              torch.zeros((3,) * 4), torch.zeros(2), 0.1, -1, [0, 1])
     with pytest.raises(ValueError, match="train"):
         fw.kernel_model_outputs(torch.zeros(3), torch.eye(3), torch.zeros(2), 0.1, 3, [0, 0])
+
+
+def test_giant_leap_of_a_one_layer_network_is_the_kernel_predictor_for_every_network():
+    # a one-layer network is linear in its parameters: its NTK is the same for every network and
+    # never moves, so one leap with Ξ = Ĥ_AA⁻¹ lands on the kernel predictor Ĥ_δA Ĥ_AA⁻¹ y exactly
+    net = MLP(2, [1], "linear")
+    H = torch.as_tensor(net.first_layer_ntk(X3))
+    Xi = torch.linalg.inv(H[:2, :2]).numpy()
+    predictor = (H[:, :2] @ torch.linalg.solve(H[:2, :2], torch.as_tensor(Y2))).numpy()
+    got = fw.giant_leaps(net.ensemble(5, seed=2), X3, Y2, 2, Xi).numpy()
+    np.testing.assert_allclose(got, np.broadcast_to(predictor, got.shape), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fw.giant_leaps(net.ensemble(3, seed=2), X3, Y2, 2, Xi, leaps=0).numpy(), 0.0,
+                               atol=1e-14)
+
+
+def test_giant_leaps_and_composite_refuse_bad_input():
+    ens = MLP(2, [8, 1], "tanh").ensemble(2, seed=0)
+    with pytest.raises(ValueError, match="n_train"):
+        fw.giant_leaps(ens, X3, Y2, 4, np.eye(2))
+    with pytest.raises(ValueError, match="steps"):
+        fw.giant_leaps(ens, X3, Y2, 2, np.eye(2), leaps=-1)
+    with pytest.raises(ValueError, match="learning-rate tensor"):
+        fw.giant_leaps(ens, X3, Y2, 2, np.eye(3))
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        tangent.composite(torch.zeros(2, 1, 1, 3, 3), 0)
+    with pytest.raises(ValueError, match="dimensions"):
+        tangent.composite(torch.zeros(2, 1, 3), 2)
+    with pytest.raises(ValueError, match="equal neuron"):
+        tangent.composite(torch.zeros(2, 1, 2, 3, 3), 2)
+
+
+def test_composite_orders_neuron_major():
+    t = torch.arange(2 * 2 * 2 * 3 * 3, dtype=torch.float64).reshape(2, 2, 2, 3, 3)   # [M, i, j, α, β]
+    c = tangent.composite(t, 2)
+    assert c.shape == (2, 6, 6)
+    assert c[1, 1 * 3 + 2, 0 * 3 + 1] == t[1, 1, 0, 2, 1]
